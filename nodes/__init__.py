@@ -1,0 +1,1 @@
+"""Attention Focus modules: pure tensor logic (no ComfyUI imports) plus thin ComfyUI adapters."""

@@ -1,0 +1,28 @@
+"""Test-wide set-up: makes the repository importable as the package ``attention_focus``.
+
+The pure tensor modules (``attention_focus.nodes.*``) are imported without ComfyUI. Tests that need
+ComfyUI use the ``comfy`` fixture (tests/harness/comfy_boot.py), which boots a real ComfyUI in-process
+and then executes the pack's ``__init__.py`` into this same package object, so both sides share modules.
+"""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if "attention_focus" not in sys.modules:
+    _pkg = types.ModuleType("attention_focus")
+    _pkg.__path__ = [str(REPO)]
+    _pkg.__file__ = str(REPO / "__init__.py")
+    sys.modules["attention_focus"] = _pkg
+sys.path.insert(0, str(REPO / "tests"))
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """A real ComfyUI (0.3.75 or $COMFYUI_PATH) booted in this process, with the pack registered."""
+    from harness.comfy_boot import boot
+
+    return boot()

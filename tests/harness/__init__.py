@@ -1,0 +1,1 @@
+"""Test harness: in-process ComfyUI, random-weight model fixtures, server subprocess."""
