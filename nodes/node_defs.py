@@ -1,4 +1,346 @@
-"""ComfyUI node classes (placeholder while the pack is assembled)."""
+"""ComfyUI node classes of Attention Focus: thin adapters over the tensor modules and comfy_patch."""
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from . import comfy_patch as cp
+from .capture_store import AttentionMaps, MapSet, word_maps
+from .maps_file import MapsFileError, list_maps_files, load_maps, safe_output_path, save_maps
+from .render import COLORMAPS, apply_colormap, draw_caption, make_grid, normalize_maps, resize_maps
+from .token_table import TokenTable, WordNotFound, build_table, parse_targets, positional_table, resolve
+
+CATEGORY = "attention focus"
+ATTENTION_MAPS = "ATTENTION_MAPS"
+MAPS_FORMAT = "attention-focus-maps"
+
+
+def tokens_for(clip, text: str) -> TokenTable:
+    """The token table of ``text`` for the encoder whose positions make up a UNet's context."""
+    tok = clip.tokenize(text, return_word_ids=True)
+    key = next((k for k in ("l", "g", "h") if k in tok), None) or next(iter(tok))
+    wrapper = clip.tokenizer
+    sd_tok = getattr(wrapper, f"clip_{key}", None) or getattr(wrapper, key, None)
+    inv = getattr(sd_tok, "inv_vocab", {}) or {}
+    specials = {t for t in (getattr(sd_tok, "start_token", None), getattr(sd_tok, "end_token", None),
+                            getattr(sd_tok, "pad_token", None)) if isinstance(t, int)}
+    return build_table(tok[key], inv, special_ids=specials, text=text, encoder=key)
+
+
+class AttentionFocusTextEncode:
+    """CLIPTextEncode that also carries the prompt's token table for labelled heat maps."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "The CLIP text encoder, as for CLIPTextEncode."}),
+            "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                "tooltip": "The prompt. Weights like (word:1.2), BREAK and embedding:name work "
+                                           "as in CLIPTextEncode; the token table keeps their labels."}),
+        }}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("The same conditioning CLIPTextEncode gives (bit for bit), plus the token table.",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Encodes a prompt exactly like CLIPTextEncode and remembers which word sits at which token."
+
+    def encode(self, clip, text: str):
+        if clip is None:
+            raise ValueError("clip input is empty: connect a CLIP (e.g. from Load Checkpoint)")
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        table = tokens_for(clip, text)
+        return ([[t, {**d, cp.TOKENS_KEY: table}] for t, d in cond],)
+
+
+_WINDOW = {
+    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Start of the step window, as a fraction of the schedule (0 = first step)."}),
+    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "End of the step window, as a fraction of the schedule (1 = last step)."}),
+}
+_LAYERS = ("STRING", {"default": "all", "tooltip":
+                      "Which cross-attention layers: 'all', 'input', 'middle', 'output', 'output.3-5', "
+                      "'input.7.0', levels 'L0' (finest) .. 'L3', '!item' excludes. Comma-separated."})
+
+
+class AttentionFocusCapture:
+    """Patch a model so that sampling records per-token cross-attention maps."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to observe; works with any sampler node."}),
+            "layers": _LAYERS,
+            "branch": (["positive", "negative", "both"], {"default": "positive", "tooltip":
+                       "Which prompt's attention to record: the positive, the negative, or both."}),
+            **_WINDOW,
+            "head_reduction": (["mean", "max"], {"default": "mean", "tooltip":
+                               "How attention heads are combined per layer: mean (as DAAM) or max."}),
+        }}
+
+    RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
+    RETURN_NAMES = ("model", "attention_maps")
+    OUTPUT_TOOLTIPS = ("The patched model: connect it to the sampler.",
+                       "The maps recorded during sampling: connect to Heatmap or Save Maps.")
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Records where each prompt token is attended while the sampler runs. The generated "
+                   "image is unchanged.")
+
+    def patch(self, model, layers: str, branch: str, start_percent: float, end_percent: float,
+              head_reduction: str):
+        m, maps = cp.add_capture(model, layers, branch, start_percent, end_percent, head_reduction)
+        return (m, maps)
+
+
+def _mapset(maps: AttentionMaps, branch: str) -> MapSet:
+    if not isinstance(maps, AttentionMaps):
+        raise ValueError("attention_maps must come from Attention Focus Capture or Load Maps")
+    return maps.result(branch)
+
+
+def _labels(ms: MapSet, text: str, clip) -> TokenTable:
+    if text.strip() and clip is not None:
+        table = tokens_for(clip, text)
+        if len(table) != ms.maps.shape[1]:
+            raise ValueError(f"the text gives {len(table)} token positions but the maps have "
+                             f"{ms.maps.shape[1]}: give the exact prompt used for sampling")
+        return table
+    if ms.tokens is not None:
+        return ms.tokens
+    return positional_table(ms.maps.shape[1])
+
+
+def _word_groups(table: TokenTable, words: str) -> tuple[list[str], list[tuple[int, ...]]]:
+    targets = parse_targets(words)
+    if not targets:
+        if table.meta.get("positional"):
+            raise ValueError("these maps carry no token labels (the prompt was encoded with a stock "
+                             "CLIPTextEncode): list token positions like '#1, #2', or connect the prompt "
+                             "'text' and 'clip' inputs, or encode with Attention Focus Text Encode")
+        words_all = [w for w in table.words if not w.punctuation]
+        if not words_all:
+            raise ValueError("the prompt has no words to show: type the words to map")
+        return [w.text for w in words_all], [w.positions for w in words_all]
+    return targets, [resolve(table, t) for t in targets]
+
+
+class AttentionFocusHeatmap:
+    """Overlay per-word attention heat maps on the generated image; also give soft masks."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "attention_maps": (ATTENTION_MAPS, {"tooltip": "From Attention Focus Capture or Load Maps."}),
+                "image": ("IMAGE", {"tooltip": "The decoded image of the same sampler (this also makes the "
+                                               "heat map run after sampling)."}),
+                "words": ("STRING", {"default": "", "multiline": False, "tooltip":
+                          "Comma-separated words or phrases of the prompt ('cat, red hat'); empty = every "
+                          "word. '#5' = token position 5; 'hat[2]' = second occurrence only."}),
+                "colormap": (sorted(COLORMAPS), {"default": "turbo", "tooltip": "Colour scale of the overlay."}),
+                "opacity": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
+                                      "tooltip": "Overlay strength: 0 = only the image, 1 = only the heat map."}),
+                "normalization": (["per word", "shared"], {"default": "per word", "tooltip":
+                                  "per word: each map stretched to its own min..max; shared: one scale for "
+                                  "all words, so their strengths compare."}),
+                "branch": (["positive", "negative"], {"default": "positive", "tooltip":
+                           "Which prompt's maps to show (the capture must have recorded it)."}),
+            },
+            "optional": {
+                "text": ("STRING", {"forceInput": True, "tooltip":
+                         "The prompt, to label maps captured from a stock CLIPTextEncode."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP that encoded the prompt (with 'text')."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
+    RETURN_NAMES = ("overlays", "grid", "masks")
+    OUTPUT_TOOLTIPS = ("One captioned overlay per image and word.",
+                       "Per image: the picture and every word's overlay in one grid.",
+                       "One soft mask per image and word, at image size, values 0..1.")
+    FUNCTION = "render"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
+
+    def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
+               branch: str, text: str = "", clip=None):
+        ms = _mapset(attention_maps, branch)
+        table = _labels(ms, text or "", clip)
+        try:
+            names, groups = _word_groups(table, words)
+        except WordNotFound as e:
+            raise ValueError(str(e)) from None
+        maps = ms.maps.float()
+        b, _, lh, lw = maps.shape
+        ib, ih, iw = image.shape[0], image.shape[1], image.shape[2]
+        if ih % lh or iw % lw or ih // lh != iw // lw:
+            raise ValueError(f"the maps were captured on a {lw}x{lh} latent (a {lw * 8}x{lh * 8} image) but "
+                             f"the image is {iw}x{ih}: connect the image decoded from the same sampler")
+        if ib != b:
+            raise ValueError(f"the maps hold {b} image(s) but the IMAGE input has {ib}: connect the image "
+                             "decoded from the same sampler")
+        wm = word_maps(maps, groups)  # (B, W, lh, lw)
+        n = wm.shape[1]
+        big = resize_maps(wm.reshape(b * n, lh, lw), (ih, iw))
+        if normalization == "shared":
+            norm = torch.cat([normalize_maps(big[i * n:(i + 1) * n], "shared") for i in range(b)])
+        else:
+            norm = normalize_maps(big, "per word")
+        img = image.float().cpu()
+        colours = apply_colormap(norm, colormap)
+        overlays, grids = [], []
+        for i in range(b):
+            tiles = [draw_caption(img[i], "image")]
+            for j in range(n):
+                o = (1 - opacity) * img[i] + opacity * colours[i * n + j]
+                o = draw_caption(o.clamp(0, 1), names[j])
+                overlays.append(o)
+                tiles.append(o)
+            grids.append(make_grid(torch.stack(tiles)))
+        return (torch.stack(overlays), torch.stack(grids), norm.clamp(0, 1))
+
+
+class AttentionFocusSaveMaps:
+    """Save aggregated per-token maps (float32 .safetensors + JSON metadata) to the output folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "attention_maps": (ATTENTION_MAPS, {"tooltip": "From Attention Focus Capture or Load Maps."}),
+            "image": ("IMAGE", {"tooltip": "The decoded image of the same sampler (orders saving after "
+                                           "sampling and records the image size)."}),
+            "filename_prefix": ("STRING", {"default": "attention_focus/maps", "tooltip":
+                                "File name prefix inside ComfyUI's output folder; subfolders with '/'."}),
+            "branch": (["positive", "negative"], {"default": "positive", "tooltip": "Which prompt's maps."}),
+        }}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Writes the raw per-token maps (no pickle) for analysis outside ComfyUI or reloading."
+
+    def save(self, attention_maps, image, filename_prefix: str, branch: str):
+        import folder_paths
+
+        ms = _mapset(attention_maps, branch)
+        out_dir = folder_paths.get_output_directory()
+        path = safe_output_path(out_dir, filename_prefix)
+        meta = dict(ms.meta)
+        meta.update({
+            "format": MAPS_FORMAT, "version": 1,
+            "image_size": [int(image.shape[1]), int(image.shape[2])],
+            "tokens": ms.tokens.to_list() if ms.tokens is not None else [],
+            "token_table": ms.tokens.to_json() if ms.tokens is not None else None,
+        })
+        save_maps(path, ms.maps.float().cpu(), meta)
+        rel = os.path.relpath(path, out_dir)
+        sub, name = os.path.split(rel)
+        return {"ui": {"attention_maps": [{"filename": name, "subfolder": sub, "type": "output"}]}}
+
+
+class AttentionFocusLoadMaps:
+    """Load maps saved by Save Maps; the Heatmap node accepts them like a live capture."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import folder_paths
+
+        files = list_maps_files(folder_paths.get_output_directory()) or [""]
+        return {"required": {"file": (files, {"tooltip": "A maps file in ComfyUI's output folder."})}}
+
+    RETURN_TYPES = (ATTENTION_MAPS,)
+    RETURN_NAMES = ("attention_maps",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Reads a .safetensors maps file written by Attention Focus Save Maps."
+
+    @classmethod
+    def _path(cls, file: str) -> str:
+        import folder_paths
+
+        out = os.path.realpath(folder_paths.get_output_directory())
+        path = os.path.realpath(os.path.join(out, file))
+        if not file or os.path.commonpath([out, path]) != out:
+            raise MapsFileError(f"{file!r} is not a file inside ComfyUI's output folder")
+        return path
+
+    @classmethod
+    def IS_CHANGED(cls, file: str):
+        try:
+            return os.path.getmtime(cls._path(file))
+        except (OSError, ValueError):
+            return float("nan")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file: str):
+        try:
+            cls._path(file)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    def load(self, file: str):
+        maps, meta = load_maps(self._path(file))
+        table = meta.get("token_table")
+        tokens = TokenTable.from_json(table) if table else None
+        return (AttentionMaps(settings={"family": meta.get("model_family", "")},
+                              mapset=MapSet(maps, tokens, meta)),)
+
+
+class AttentionFocusReweight:
+    """Make the model attend more or less to chosen prompt words while it generates."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to patch; works with any sampler node."}),
+            "weights": ("STRING", {"default": "", "multiline": False, "tooltip":
+                        "word:weight pairs, e.g. 'red:2.0, wizard hat:0.5, #5:1.5'. Phrases cover all their "
+                        "tokens; 'hat[2]:0.5' only the second occurrence; quote phrases with commas."}),
+            "mode": (["scale", "renormalize"], {"default": "scale", "tooltip":
+                     "scale: multiply the chosen tokens' attention by w (Prompt-to-Prompt; w may be negative). "
+                     "renormalize: add log(w) to their logits so attention still sums to 1 (w > 0)."}),
+            "layers": _LAYERS,
+            "branch": (["positive", "negative", "both"], {"default": "positive", "tooltip":
+                       "Which prompt's attention to reweight."}),
+            **_WINDOW,
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The patched model: connect it to the sampler (or to a capture node).",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Reweights cross-attention per word during sampling (Prompt-to-Prompt style)."
+
+    def patch(self, model, weights: str, mode: str, layers: str, branch: str, start_percent: float,
+              end_percent: float):
+        from .reweight_spec import parse_weights
+
+        spec = parse_weights(weights, mode)
+        if not spec:
+            return (model,)
+        return (cp.add_reweight(model, spec, mode, layers, branch, start_percent, end_percent),)
+
+
+NODE_CLASS_MAPPINGS: dict[str, Any] = {
+    "AttentionFocusTextEncode": AttentionFocusTextEncode,
+    "AttentionFocusCapture": AttentionFocusCapture,
+    "AttentionFocusHeatmap": AttentionFocusHeatmap,
+    "AttentionFocusSaveMaps": AttentionFocusSaveMaps,
+    "AttentionFocusLoadMaps": AttentionFocusLoadMaps,
+    "AttentionFocusReweight": AttentionFocusReweight,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AttentionFocusTextEncode": "Attention Focus Text Encode (with tokens)",
+    "AttentionFocusCapture": "Attention Focus Capture",
+    "AttentionFocusHeatmap": "Attention Focus Heatmap",
+    "AttentionFocusSaveMaps": "Attention Focus Save Maps",
+    "AttentionFocusLoadMaps": "Attention Focus Load Maps",
+    "AttentionFocusReweight": "Attention Focus Reweight",
+}

@@ -1,0 +1,117 @@
+"""Attention probabilities for capture and the reweighting maths, on plain tensors.
+
+Layouts: ``BLC`` = (batch, tokens, heads*dim), as ComfyUI's UNet attention passes q/k/v;
+``BHLD`` = (batch, heads, tokens, dim) when the caller set ``skip_reshape``.
+Everything here is computed in fp32 and chunked over queries so peak memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# at most this many fp32 logits are held at once per capture call (64 MiB)
+MAX_LOGITS = 16 * 1024 * 1024
+
+
+def to_bhld(x: torch.Tensor, heads: int, bhld: bool) -> torch.Tensor:
+    """(B, L, H*D) → (B, H, L, D); a BHLD tensor is returned unchanged."""
+    if bhld:
+        return x
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def cross_attention_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    *,
+    bhld: bool = False,
+    reduce: str = "mean",
+    mask: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ/√d) over the keys, reduced over heads: returns (B, Lq, Lk) float32.
+
+    ``reduce`` is ``mean`` or ``max`` over heads. ``mask`` is an additive (or boolean keep-) mask
+    broadcastable to (B, H, Lq, Lk); ``key_bias`` an additive (B, Lk) logit bias (used to mirror a
+    renormalising reweight). Computed in query chunks so at most ``MAX_LOGITS`` logits exist at once.
+    """
+    qh = to_bhld(q, heads, bhld)
+    kh = to_bhld(k, heads, bhld).float()
+    b, h, lq, d = qh.shape
+    lk = kh.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    out = torch.empty(b, lq, lk, dtype=torch.float32, device=q.device)
+    step = max(1, MAX_LOGITS // max(1, b * h * lk))
+    for s in range(0, lq, step):
+        e = min(lq, s + step)
+        logits = torch.matmul(qh[:, :, s:e].float(), kh.transpose(-1, -2)) * scale
+        if mask is not None:
+            m = mask
+            if m.ndim == 2:
+                m = m[None, None]
+            elif m.ndim == 3:
+                m = m[:, None]
+            m = m[..., s:e, :] if m.shape[-2] == lq else m
+            if m.dtype == torch.bool:
+                logits = logits.masked_fill(~m, float("-inf"))
+            else:
+                logits = logits + m.float()
+        if key_bias is not None:
+            logits = logits + key_bias.float()[:, None, None, :]
+        p = torch.softmax(logits, dim=-1)
+        out[:, s:e] = p.mean(1) if reduce == "mean" else p.amax(1)
+    return out
+
+
+def fold_repeated_keys(p: torch.Tensor, true_len: int) -> torch.Tensor:
+    """Fold (..., Lk) probabilities whose keys are a context repeated to Lk = n·true_len.
+
+    ComfyUI repeats shorter contexts to a common length when it batches prompts of different length;
+    each copy then receives part of the probability. Summing the copies gives each real token's share.
+    """
+    lk = p.shape[-1]
+    if lk == true_len:
+        return p
+    if true_len <= 0 or lk % true_len:
+        raise ValueError(f"key length {lk} is not a multiple of the prompt length {true_len}")
+    return p.reshape(*p.shape[:-1], lk // true_len, true_len).sum(-2)
+
+
+def expand_positions(positions: dict[int, float], true_len: int, key_len: int) -> dict[int, float]:
+    """Weights per key position of a context repeated from ``true_len`` to ``key_len`` positions."""
+    if key_len % true_len:
+        raise ValueError(f"key length {key_len} is not a multiple of the prompt length {true_len}")
+    return {p + r * true_len: w for r in range(key_len // true_len) for p, w in positions.items()
+            if p < true_len}
+
+
+def weight_vector(weights: dict[int, float], length: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A (length,) vector of ones with ``weights[pos]`` at the given positions."""
+    w = torch.ones(length, dtype=dtype, device=device)
+    for p, v in weights.items():
+        if 0 <= p < length:
+            w[p] = v
+    return w
+
+
+def scale_value_rows(v: torch.Tensor, row_weights: torch.Tensor, bhld: bool = False) -> torch.Tensor:
+    """Multiply value rows (keys) by per-row weights: (B, Lk, C) × (B, Lk) or BHLD × (B, Lk).
+
+    Scaling a key's value row by w equals scaling its post-softmax probability column by w without
+    renormalising (out_i = Σ_j p_ij v_j), which is Prompt-to-Prompt's reweighting.
+    """
+    w = row_weights.to(v.dtype)
+    if bhld:
+        return v * w[:, None, :, None]
+    return v * w[:, :, None]
+
+
+def log_weight_bias(row_weights: torch.Tensor) -> torch.Tensor:
+    """Additive logit bias log(w) for the renormalising reweight; w must be > 0."""
+    if (row_weights <= 0).any():
+        raise ValueError("renormalize mode needs weights > 0")
+    return torch.log(row_weights.float())
