@@ -16,7 +16,8 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-EMBEDDING_RE = re.compile(r"embedding:([^\s,()\[\]]+)")
+# ":" ends the name: in "(embedding:name:1.2)" the ":1.2" is the weight
+EMBEDDING_RE = re.compile(r"embedding:([^\s,:()\[\]]+)")
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,18 @@ def build_table(
     pos = 0
     cur_embed: int | None = None  # segment of the embedding word being built, if any
     prev_segment: int | None = None
+    seen_word_end = False  # a '</w>' piece was seen: CLIP BPE, where every word ends with one
     for ci, chunk in enumerate(chunks):
         for entry in chunk:
             token, weight = entry[0], float(entry[1])
             segment = int(entry[2]) if len(entry) > 2 else 1
             is_id = isinstance(token, int) or (hasattr(token, "ndim") and token.ndim == 0)
             if is_id and (segment == 0 or int(token) in special_ids):
-                close()
-                cur_embed = prev_segment = None
+                # ComfyUI cuts a long segment at the chunk end (EOS, pad, BOS) even inside a word or an
+                # embedding; such a word stays open and continues after the break (same segment).
+                if cur_embed is None and not (seen_word_end and cur_pos):
+                    close()
+                    prev_segment = None
                 rows.append(TokenRow(pos, str(inv_vocab.get(int(token), f"<{int(token)}>")), -1, weight,
                                      segment, True, ci))
             elif not is_id:  # textual-inversion vector: one word per embedding
@@ -173,7 +178,10 @@ def build_table(
             else:
                 piece = str(inv_vocab.get(int(token), f"<{int(token)}>"))
                 clean, starts, ends = _clean_piece(piece)
-                if starts or cur_embed is not None or segment != prev_segment:
+                # sentencepiece/byte-BPE glue punctuation to the word before ('▁wizard' ','): split it off
+                so_far = "".join(cur_text)
+                punct_change = bool(so_far and clean) and _is_punctuation(clean) != _is_punctuation(so_far)
+                if starts or cur_embed is not None or segment != prev_segment or punct_change:
                     close()
                 cur_embed = None
                 cur_text.append(clean)
@@ -181,6 +189,7 @@ def build_table(
                 rows.append(TokenRow(pos, piece, len(words), weight, segment, False, ci))
                 prev_segment = segment
                 if ends:
+                    seen_word_end = True
                     close()
             pos += 1
     close()
