@@ -39,6 +39,8 @@ def cross_attention_probs(
     broadcastable to (B, H, Lq, Lk); ``key_bias`` an additive (B, Lk) logit bias (used to mirror a
     renormalising reweight). Computed in query chunks so at most ``MAX_LOGITS`` logits exist at once.
     """
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"head reduction must be 'mean' or 'max', not {reduce!r}")
     qh = to_bhld(q, heads, bhld)
     kh = to_bhld(k, heads, bhld).float()
     b, h, lq, d = qh.shape

@@ -5,7 +5,7 @@ one fp32 running sum of shape (batch, prompt_tokens, h, w) — the layer's grid.
 
     4 · batch · prompt_tokens · Σ_layers h_l · w_l      (per captured prompt; × 2 with branch "both")
 
-e.g. SD1.5 at 512², 16 layers, 77 tokens: 4·77·(5·64²+4·32²+4·16²+3·8²)… ≈ 8.2 MB per image.
+e.g. SD1.5 at 512², 16 layers, 77 tokens: 4·77·(5·64² + 5·32² + 5·16² + 8²) = 8.3 MB per image.
 """
 
 from __future__ import annotations

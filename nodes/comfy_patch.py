@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from .attention_math import cross_attention_probs, fold_repeated_keys, log_weight_bias
 from .capture_store import AttentionMaps, PromptInfo
-from .layer_spec import LayerKey, check_step_window, describe_layers, level_of, select_layers
+from .layer_spec import LayerKey, check_step_window, describe_layers, select_layers
 from .token_table import TokenTable, resolve
 
 TOKENS_KEY = "attention_focus_tokens"
@@ -444,7 +445,7 @@ def _capture(st: SharedState, maps: AttentionMaps, info: CallInfo, args, kwargs,
         rows = slice(i * per, (i + 1) * per)
         bias = None
         scale = None
-        for rw, w in zip(st.reweighters, weights):
+        for rw, w in zip(st.reweighters, weights, strict=True):
             if w is None:
                 continue
             if rw.mode == "scale":

@@ -58,7 +58,7 @@ class AttentionFocusTextEncode:
 
 _WINDOW = {
     "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                "tooltip": "Start of the step window, as a fraction of the schedule (0 = first step)."}),
+                                "tooltip": "Start of the step window, a fraction of the schedule (0 = first step)."}),
     "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "End of the step window, as a fraction of the schedule (1 = last step)."}),
 }
@@ -202,7 +202,28 @@ class AttentionFocusHeatmap:
                 overlays.append(o)
                 tiles.append(o)
             grids.append(make_grid(torch.stack(tiles)))
-        return (torch.stack(overlays), torch.stack(grids), norm.clamp(0, 1))
+        grid = torch.stack(grids)
+        ui = {"images": _preview(grid), "attention_focus_words": table.word_texts()}
+        return {"ui": ui, "result": (torch.stack(overlays), grid, norm.clamp(0, 1))}
+
+
+def _preview(images: torch.Tensor) -> list[dict[str, str]]:
+    """Save images as PNGs in ComfyUI's temp folder for the node's preview; returns their UI records."""
+    import uuid
+
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    tmp = folder_paths.get_temp_directory()
+    os.makedirs(tmp, exist_ok=True)
+    out = []
+    for img in images:
+        name = f"attention_focus_{uuid.uuid4().hex[:12]}.png"
+        arr = (img.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(os.path.join(tmp, name), compress_level=1)
+        out.append({"filename": name, "subfolder": "", "type": "temp"})
+    return out
 
 
 class AttentionFocusSaveMaps:

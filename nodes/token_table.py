@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 # ":" ends the name: in "(embedding:name:1.2)" the ":1.2" is the weight
 EMBEDDING_RE = re.compile(r"embedding:([^\s,:()\[\]]+)")
@@ -276,8 +277,9 @@ def find_positions(table: TokenTable, phrase: str) -> list[tuple[int, ...]]:
                 break
     if occurrence is not None:
         if occurrence < 1 or occurrence > len(found):
-            raise WordNotFound(f"{phrase!r} occurs {len(found)} time(s) in the prompt; "
-                               f"occurrence [{occurrence}] does not exist")
+            words = ", ".join(table.word_texts()) or "(no words)"
+            raise WordNotFound(f"{phrase!r} occurs {len(found)} time(s) in the prompt; occurrence "
+                               f"[{occurrence}] does not exist. The prompt's words are: {words}")
         return [found[occurrence - 1]]
     return found
 

@@ -6,18 +6,15 @@ and then executes the pack's ``__init__.py`` into this same package object, so b
 """
 
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if "attention_focus" not in sys.modules:
-    _pkg = types.ModuleType("attention_focus")
-    _pkg.__path__ = [str(REPO)]
-    _pkg.__file__ = str(REPO / "__init__.py")
-    sys.modules["attention_focus"] = _pkg
 sys.path.insert(0, str(REPO / "tests"))
+from harness.comfy_boot import register_package  # noqa: E402
+
+register_package()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,21 @@ CACHE = Path(os.environ.get("ATTENTION_FOCUS_CACHE", Path.home() / ".cache" / "a
 _state: types.SimpleNamespace | None = None
 
 
+def register_package() -> types.ModuleType:
+    """Make the repository importable as ``attention_focus`` without running its ``__init__``.
+
+    The pure modules (``attention_focus.nodes.*``) then import without ComfyUI; ``boot()`` later
+    executes ``__init__.py`` into this same module object so tests and ComfyUI share one copy.
+    """
+    pkg = sys.modules.get("attention_focus")
+    if pkg is None:
+        pkg = types.ModuleType("attention_focus")
+        pkg.__path__ = [str(REPO)]
+        pkg.__file__ = str(REPO / "__init__.py")
+        sys.modules["attention_focus"] = pkg
+    return pkg
+
+
 def comfyui_path() -> Path:
     """The ComfyUI tree under test: $COMFYUI_PATH, else the copy made by scripts/setup_env.sh."""
     path = Path(os.environ.get("COMFYUI_PATH", CACHE / "comfyui-0.3.75"))
@@ -80,7 +95,7 @@ def boot() -> types.SimpleNamespace:
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    pack = sys.modules["attention_focus"]
+    pack = register_package()
     spec = importlib.util.spec_from_file_location(
         "attention_focus", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
     )

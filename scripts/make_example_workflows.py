@@ -1,0 +1,130 @@
+"""Writes the editor-format workflows in example_workflows/ (run after changing node inputs).
+
+    python scripts/make_example_workflows.py
+
+ComfyUI lists a pack's example_workflows/*.json as templates. The default checkpoint name is the
+embedded random-weight model the demo creates; pick your own checkpoint in the loader.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+DEMO_CKPT = "attention_focus_random_sd15.safetensors"
+
+# node type -> output (name, type) list
+OUTPUTS = {
+    "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "AttentionFocusTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "AttentionFocusCapture": [("model", "MODEL"), ("attention_maps", "ATTENTION_MAPS")],
+    "AttentionFocusReweight": [("MODEL", "MODEL")],
+    "EmptyLatentImage": [("LATENT", "LATENT")],
+    "KSampler": [("LATENT", "LATENT")],
+    "VAEDecode": [("IMAGE", "IMAGE")],
+    "AttentionFocusHeatmap": [("overlays", "IMAGE"), ("grid", "IMAGE"), ("masks", "MASK")],
+    "MaskToImage": [("IMAGE", "IMAGE")],
+    "SaveImage": [],
+    "PreviewImage": [],
+    "AttentionFocusSaveMaps": [],
+}
+INPUTS = {
+    "AttentionFocusTextEncode": [("clip", "CLIP")],
+    "CLIPTextEncode": [("clip", "CLIP")],
+    "AttentionFocusCapture": [("model", "MODEL")],
+    "AttentionFocusReweight": [("model", "MODEL")],
+    "KSampler": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                 ("latent_image", "LATENT")],
+    "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
+    "AttentionFocusHeatmap": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
+    "MaskToImage": [("mask", "MASK")],
+    "SaveImage": [("images", "IMAGE")],
+    "PreviewImage": [("images", "IMAGE")],
+    "AttentionFocusSaveMaps": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
+}
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, ntype: str, widgets: list, pos: tuple[int, int], title: str | None = None) -> int:
+        nid = len(self.nodes) + 1
+        node = {
+            "id": nid, "type": ntype, "pos": list(pos), "size": [300, 120], "flags": {}, "order": nid - 1,
+            "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": None} for n, t in INPUTS.get(ntype, [])],
+            "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
+                        for i, (n, t) in enumerate(OUTPUTS[ntype])],
+            "properties": {"Node name for S&R": ntype}, "widgets_values": widgets,
+        }
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return nid
+
+    def link(self, src: int, slot: int, dst: int, name: str) -> None:
+        lid = len(self.links) + 1
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        ltype = s["outputs"][slot]["type"]
+        s["outputs"][slot]["links"].append(lid)
+        next(i for i in d["inputs"] if i["name"] == name)["link"] = lid
+        self.links.append([lid, src, slot, dst, next(j for j, i in enumerate(d["inputs"]) if i["name"] == name),
+                           ltype])
+
+    def dump(self, path: Path) -> None:
+        data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+PROMPT = "a photo of a cat wearing a red wizard hat, (sunset:1.2) sky"
+NEGATIVE = "blurry, low quality"
+
+
+def heatmaps() -> Graph:
+    g = Graph()
+    ck = g.add("CheckpointLoaderSimple", [DEMO_CKPT], (0, 0))
+    pos = g.add("AttentionFocusTextEncode", [PROMPT], (350, 0), "Positive prompt (with tokens)")
+    neg = g.add("CLIPTextEncode", [NEGATIVE], (350, 220), "Negative prompt")
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean"], (350, 420))
+    lat = g.add("EmptyLatentImage", [256, 256, 1], (350, 640))
+    ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (720, 0))
+    dec = g.add("VAEDecode", [], (1080, 0))
+    hm = g.add("AttentionFocusHeatmap", ["cat, red wizard hat, sunset", "turbo", 0.6, "per word",
+                                         "positive"], (1080, 160))
+    save = g.add("SaveImage", ["attention_focus/image"], (1440, 0))
+    save_grid = g.add("SaveImage", ["attention_focus/heatmap_grid"], (1440, 300), "Heat-map grid")
+    mask_img = g.add("MaskToImage", [], (1440, 600))
+    save_masks = g.add("SaveImage", ["attention_focus/masks"], (1800, 600), "Masks")
+    save_maps = g.add("AttentionFocusSaveMaps", ["attention_focus/maps", "positive"], (1080, 500))
+    g.link(ck, 1, pos, "clip")
+    g.link(ck, 1, neg, "clip")
+    g.link(ck, 0, cap, "model")
+    g.link(cap, 0, ks, "model")
+    g.link(pos, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples")
+    g.link(ck, 2, dec, "vae")
+    g.link(dec, 0, save, "images")
+    g.link(cap, 1, hm, "attention_maps")
+    g.link(dec, 0, hm, "image")
+    g.link(hm, 1, save_grid, "images")
+    g.link(hm, 2, mask_img, "mask")
+    g.link(mask_img, 0, save_masks, "images")
+    g.link(cap, 1, save_maps, "attention_maps")
+    g.link(dec, 0, save_maps, "image")
+    return g
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    heatmaps().dump(OUT / "attention_focus_heatmaps.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Capture on real ComfyUI UNets (tiny random weights), sampled by ComfyUI's own sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+@pytest.fixture(scope="module")
+def env(comfy):
+    from harness import fixtures
+
+    from attention_focus.nodes import comfy_patch as cp
+
+    return comfy, fixtures, cp
+
+
+def _sample(fixtures, m, pos, neg, lat, steps=3, cfg=5.0, seed=1):
+    with torch.inference_mode():
+        return fixtures.sample(m, pos, neg, lat, seed=seed, steps=steps, cfg=cfg)
+
+
+class Recorder:
+    """An independent override that records q/k of every UNet cross-attention call (no Attention Focus code)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, func, *args, **kwargs):
+        q, k = args[0], args[1]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        to = kwargs["transformer_options"]
+        if k.shape[1] != q.shape[1]:  # cross-attention (sizes here never make h*w == 77)
+            self.calls.append({
+                "q": q.detach().double().clone(), "k": k.detach().double().clone(), "heads": heads,
+                "block": (to["block"][0], to["block"][1], to["block_index"]),
+                "hw": tuple(to["activations_shape"][-2:]), "cou": list(to["cond_or_uncond"]),
+            })
+        return func(*args, **kwargs)
+
+
+def _naive_maps(calls, latent_hw, batch):
+    """DAAM aggregation computed independently in float64 from recorded q/k (positive branch)."""
+    H, W = latent_hw
+    per_layer = {}
+    for c in calls:
+        q, k, heads = c["q"], c["k"], c["heads"]
+        n_chunks = len(c["cou"])
+        i = c["cou"].index(0)
+        b = q.shape[0] // n_chunks
+        q, k = q[i * b:(i + 1) * b], k[i * b:(i + 1) * b]
+        d = q.shape[-1] // heads
+        qh = q.view(b, -1, heads, d).permute(0, 2, 1, 3)
+        kh = k.view(b, -1, heads, d).permute(0, 2, 1, 3)
+        p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), -1).mean(1)  # b, hw, L
+        h, w = c["hw"]
+        grid = p.transpose(1, 2).reshape(b, -1, h, w)
+        per_layer[c["block"]] = per_layer.get(c["block"], 0) + grid
+    ups = []
+    for grid in per_layer.values():
+        h, w = grid.shape[-2:]
+        f = 1
+        while -(-H // f) != h:
+            f *= 2
+        up = F.interpolate(grid, size=(h * f, w * f), mode="bicubic", align_corners=False)[..., :H, :W]
+        ups.append(up.clamp(min=0))
+    return torch.stack(ups).mean(0)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2v", "sdxl"])
+def test_maps_match_independent_softmax_and_output_unchanged(env, family):
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher(family)
+    pos = fixtures.random_conditioning(family, seed=1)
+    neg = fixtures.random_conditioning(family, seed=2)
+    lat = torch.zeros(2, 4, 13, 9)  # odd, non-square, batch 2
+
+    rec = Recorder()
+    plain = mp.clone()
+    plain.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = rec
+    base = _sample(fixtures, plain, pos, neg, lat)
+
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    out = _sample(fixtures, m, pos, neg, lat)
+    assert torch.equal(out, base), "capture changed the generated latent"
+
+    res = maps.result("positive")
+    assert res.maps.shape == (2, 77, 13, 9)
+    assert res.meta["steps"] == 3
+    ref = _naive_maps(rec.calls, (13, 9), 2)
+    assert torch.allclose(res.maps.double(), ref, rtol=1e-4, atol=1e-5), \
+        (res.maps.double() - ref).abs().max()
+    # the two images of the batch got their own maps
+    assert not torch.allclose(res.maps[0], res.maps[1])
+    layers = cp.unet_layers(mp)
+    assert res.meta["layers"] == [k.name() for k in layers]
+    if family == "sdxl":
+        assert any(k.depth > 0 for k in layers), "SDXL-shaped model must have depth > 1 blocks"
+
+
+def test_layer_and_window_selection(env):
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos = fixtures.random_conditioning("sd15", seed=1)
+    neg = fixtures.random_conditioning("sd15", seed=2)
+    lat = torch.zeros(1, 4, 16, 16)
+    m, maps = cp.add_capture(mp, "output, !L0", "both", 0.5, 1.0, "max")
+    _sample(fixtures, m, pos, neg, lat, steps=4)
+    res = maps.result("positive")
+    assert all(name.startswith("output") for name in res.meta["layers"])
+    assert 0 not in res.meta["levels"]
+    assert res.meta["steps"] == 2  # the second half of a 4-step euler schedule
+    assert maps.result("negative").maps.shape == res.maps.shape
+    with pytest.raises(ValueError, match="selects no cross-attention layer"):
+        cp.add_capture(mp, "input.99", "positive", 0, 1, "mean")
+    with pytest.raises(ValueError, match="unknown layer item"):
+        cp.add_capture(mp, "foo", "positive", 0, 1, "mean")
+    with pytest.raises(ValueError, match="start_percent"):
+        cp.add_capture(mp, "all", "positive", 0.8, 0.2, "mean")
+
+
+def test_cfg1_and_repeated_context_folding(env):
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos = fixtures.random_conditioning("sd15", n_chunks=2, seed=3)  # 154 tokens
+    neg = fixtures.random_conditioning("sd15", seed=4)  # 77 tokens: batched by repetition to 154
+    lat = torch.zeros(1, 4, 8, 8)
+    m, maps = cp.add_capture(mp, "all", "both", 0.0, 1.0, "mean")
+    _sample(fixtures, m, pos, neg, lat, steps=2)
+    p, n = maps.result("positive"), maps.result("negative")
+    assert p.maps.shape[1] == 154 and n.maps.shape[1] == 77
+    # probabilities over the true tokens sum to 1 per pixel, per layer and step (before upsampling)
+    for grid in maps.store.sums.values():
+        assert torch.allclose(grid.sum(1), torch.full_like(grid.sum(1), 2.0), atol=1e-4)
+    # cfg 1: the negative is never evaluated, the positive still is
+    m1, maps1 = cp.add_capture(mp, "all", "both", 0.0, 1.0, "mean")
+    _sample(fixtures, m1, pos, neg, lat, steps=2, cfg=1.0)
+    assert maps1.result("positive").meta["steps"] == 2
+    with pytest.raises(ValueError, match="no attention was captured for the negative"):
+        maps1.result("negative")
+
+
+def test_unsupported_family_is_named(env):
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher("sd15").clone()
+
+    class Fake(torch.nn.Module):
+        pass
+
+    class Holder:
+        diffusion_model = Fake()
+        model_config = None
+
+    mp.model = Holder()
+    with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL"):
+        cp.add_capture(mp, "all", "positive", 0, 1, "mean")

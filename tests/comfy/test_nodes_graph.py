@@ -1,0 +1,192 @@
+"""The pack's nodes in real ComfyUI graphs: stock loader, real CLIP tokenizer/encoder, real sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+LONG = ", ".join(f"item{i} thing" for i in range(30))  # > 77 tokens: several chunks
+
+
+@pytest.fixture(scope="module")
+def ckpt(comfy):
+    from harness import fixtures
+
+    return fixtures.install_checkpoint(comfy)
+
+
+@pytest.fixture(scope="module")
+def loaded(comfy, ckpt):
+    with torch.inference_mode():
+        return comfy.nodes.CheckpointLoaderSimple().load_checkpoint(ckpt)
+
+
+def _graph(ckpt, text="a photo of a cat wearing a red wizard hat", words="cat, red wizard hat",
+           size=(64, 48), batch=1, layers="all", extra=None, negative="blurry"):
+    g = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "AttentionFocusTextEncode", "inputs": {"clip": ["1", 1], "text": text}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": negative}},
+        "4": {"class_type": "AttentionFocusCapture", "inputs": {
+            "model": ["1", 0], "layers": layers, "branch": "both", "start_percent": 0.0,
+            "end_percent": 1.0, "head_reduction": "mean"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size[0], "height": size[1],
+                                                          "batch_size": batch}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0],
+            "seed": 3, "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "AttentionFocusHeatmap", "inputs": {
+            "attention_maps": ["4", 1], "image": ["7", 0], "words": words, "colormap": "turbo",
+            "opacity": 0.6, "normalization": "per word", "branch": "positive"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "t/grid"}},
+        "10": {"class_type": "AttentionFocusSaveMaps", "inputs": {
+            "attention_maps": ["4", 1], "image": ["7", 0], "filename_prefix": "t/maps", "branch": "positive"}},
+    }
+    g.update(extra or {})
+    return g
+
+
+def test_text_encode_is_bit_identical_and_labels_words(comfy, loaded):
+    from attention_focus.nodes.comfy_patch import TOKENS_KEY
+
+    clip = loaded[1]
+    for text in ["a photo of a cat", "(red:1.3) wizard ((hat))", LONG, "a cat BREAK a dog",
+                 "photo-realistic word21"]:
+        with torch.inference_mode():
+            ref = comfy.nodes.CLIPTextEncode().encode(clip, text)[0]
+            ours = comfy.nodes.NODE_CLASS_MAPPINGS["AttentionFocusTextEncode"]().encode(clip, text)[0]
+        assert len(ref) == len(ours)
+        for (a, da), (b, db) in zip(ref, ours, strict=True):
+            assert torch.equal(a, b)
+            assert torch.equal(da["pooled_output"], db["pooled_output"])
+            table = db[TOKENS_KEY]
+            assert len(table) == b.shape[1], "one table row per conditioning position"
+    # labels survive weights, chunking and tokenizer splits
+    from attention_focus.nodes.token_table import resolve
+
+    table = ours[0][1][TOKENS_KEY]  # the last text
+    assert len(resolve(table, "photo-realistic")) >= 3 and len(resolve(table, "word21")) == 3
+    with torch.inference_mode():
+        long_table = comfy.nodes.NODE_CLASS_MAPPINGS["AttentionFocusTextEncode"]().encode(
+            clip, LONG)[0][0][1][TOKENS_KEY]
+    assert len(long_table) > 77 and len(long_table) % 77 == 0
+    pos = resolve(long_table, "item29")
+    assert min(pos) >= 77, "a word of the second chunk is labelled in the second chunk"
+    assert all(not long_table.rows[p].special for p in pos)
+    with torch.inference_mode():
+        w = comfy.nodes.NODE_CLASS_MAPPINGS["AttentionFocusTextEncode"]().encode(
+            clip, "(red:1.3) hat")[0][0][1][TOKENS_KEY]
+    assert [w.rows[p].weight for p in resolve(w, "red")] == [pytest.approx(1.3)]
+    assert [w.rows[p].weight for p in resolve(w, "hat")] == [1.0]
+
+
+def test_full_graph_writes_heatmaps_and_maps(comfy, ckpt):
+    from attention_focus.nodes.maps_file import load_maps
+
+    res = comfy.run(_graph(ckpt, size=(72, 40), batch=2))
+    out = Path(comfy.folder_paths.get_output_directory())
+    grids = res["outputs"]["9"]["images"]
+    assert len(grids) == 2  # one grid per image of the batch
+    saved = res["outputs"]["10"]["attention_maps"][0]
+    maps, meta = load_maps(out / saved["subfolder"] / saved["filename"])
+    assert maps.shape == (2, 77, 5, 9)  # latent of a 72x40 image
+    assert meta["image_size"] == [40, 72] and meta["latent_size"] == [5, 9]
+    assert meta["steps"] == 3 and meta["model_family"] == "sd1"
+    assert [t["word_index"] for t in meta["tokens"]][0] == -1  # BOS is special
+    assert "attention_focus_words" in res["outputs"]["8"]
+    assert "cat" in res["outputs"]["8"]["attention_focus_words"]
+
+    # the saved maps reload and render like the live capture
+    rel = str(Path(saved["subfolder"]) / saved["filename"])
+    g = {
+        "1": {"class_type": "AttentionFocusLoadMaps", "inputs": {"file": rel}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 72, "height": 40, "batch_size": 2,
+                                                     "color": 0}},
+        "3": {"class_type": "AttentionFocusHeatmap", "inputs": {
+            "attention_maps": ["1", 0], "image": ["2", 0], "words": "wizard hat", "colormap": "viridis",
+            "opacity": 1.0, "normalization": "shared", "branch": "positive"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t/reload"}},
+    }
+    res2 = comfy.run(g)
+    assert len(res2["outputs"]["4"]["images"]) == 2
+
+
+def test_heatmap_node_outputs(comfy, loaded):
+    """Masks are per image and word, at image size, in [0,1]; overlays match the maths."""
+    from attention_focus.nodes.capture_store import word_maps
+    from attention_focus.nodes.render import apply_colormap, normalize_maps, resize_maps
+
+    model, clip, vae = loaded
+    nm = comfy.nodes.NODE_CLASS_MAPPINGS
+    with torch.inference_mode():
+        pos = nm["AttentionFocusTextEncode"]().encode(clip, "a cat and a dog")[0]
+        neg = comfy.nodes.CLIPTextEncode().encode(clip, "")[0]
+        m, maps = nm["AttentionFocusCapture"]().patch(model, "all", "positive", 0.0, 1.0, "mean")
+        lat = comfy.nodes.EmptyLatentImage().generate(48, 64, 2)[0]
+        samples = comfy.nodes.common_ksampler(m, 1, 2, 4.0, "euler", "normal", pos, neg, lat)[0]
+        image = vae.decode(samples["samples"])
+        res = nm["AttentionFocusHeatmap"]().render(maps, image, "cat, dog", "gray", 1.0, "per word",
+                                                   "positive")
+    overlays, grid, masks = res["result"]
+    assert masks.shape == (4, 64, 48) and masks.min() >= 0 and masks.max() <= 1
+    assert overlays.shape == (4, 64, 48, 3)
+    table = pos[0][1]["attention_focus_tokens"]
+    from attention_focus.nodes.token_table import resolve
+
+    wm = word_maps(maps.result().maps, [resolve(table, "cat"), resolve(table, "dog")])
+    expect = normalize_maps(resize_maps(wm.reshape(4, 8, 6), (64, 48)), "per word")
+    assert torch.allclose(masks, expect, atol=1e-6)
+    # opacity 1 with the gray map: below the caption band, the overlay is the colour of the mask
+    col = apply_colormap(expect, "gray")
+    assert torch.allclose(overlays[:, 40:], col[:, 40:], atol=1e-5)
+
+
+@pytest.mark.parametrize("case,match", [
+    ({"8": {"words": "giraffe"}}, "giraffe.*not in the prompt.*cat"),
+    ({"4": {"layers": "output.zz"}}, "bad block index"),
+    ({"4": {"layers": "input.40"}}, "selects no cross-attention layer"),
+    ({"4": {"start_percent": 0.9, "end_percent": 0.1}}, "start_percent"),
+    ({"8": {"words": '"red, hat'}}, "unbalanced quote"),
+])
+def test_bad_input_gives_clear_errors(comfy, ckpt, case, match):
+    g = _graph(ckpt)
+    for nid, inputs in case.items():
+        g[nid]["inputs"].update(inputs)
+    res = comfy.run(g, expect_error=True)
+    err = res["error"]
+    assert err is not None
+    msg = err.get("exception_message") or str(err)
+    import re
+
+    assert re.search(match, msg, re.S), msg
+    assert "Traceback" not in msg
+
+
+def test_maps_of_another_image_size_are_refused(comfy, ckpt):
+    g = _graph(ckpt, size=(64, 64))
+    g["11"] = {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 1, "color": 0}}
+    g["8"]["inputs"]["image"] = ["11", 0]
+    res = comfy.run(g, expect_error=True)
+    assert "captured on a 8x8 latent" in res["error"]["exception_message"]
+
+
+def test_invalid_maps_file_is_refused(comfy):
+    out = Path(comfy.folder_paths.get_output_directory())
+    bad = out / "not_maps.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    g = {"1": {"class_type": "AttentionFocusLoadMaps", "inputs": {"file": "not_maps.safetensors"}},
+         "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+         "3": {"class_type": "AttentionFocusHeatmap", "inputs": {
+             "attention_maps": ["1", 0], "image": ["2", 0], "words": "", "colormap": "turbo",
+             "opacity": 0.5, "normalization": "per word", "branch": "positive"}},
+         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    res = comfy.run(g, expect_error=True)
+    msg = (res["error"] or {}).get("exception_message", str(res.get("node_errors")))
+    assert "safetensors" in msg.lower()
+    g["1"]["inputs"]["file"] = "../../etc/passwd"
+    res = comfy.run(g, expect_error=True)
+    assert res.get("validation") is not None or res["error"] is not None
