@@ -1,0 +1,120 @@
+"""Saving and loading aggregated attention maps as .safetensors (float32 tensor + JSON metadata).
+
+File layout: one tensor ``maps`` of shape (batch, tokens, H_lat, W_lat), float32; the safetensors
+metadata key ``attention_focus`` holds one JSON object (format, version, model family, sizes, steps,
+layers, token table). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "attention-focus-maps"
+VERSION = 1
+META_KEY = "attention_focus"
+
+
+class MapsFileError(ValueError):
+    """A file that is not a valid Attention Focus maps file; the message says why and what to do."""
+
+
+def save_maps(path: str | Path, maps: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write ``maps`` (float32, 4-D) and ``meta`` (JSON-serialisable) to ``path``."""
+    from safetensors.torch import save_file
+
+    if maps.ndim != 4:
+        raise ValueError(f"maps must be (batch, tokens, H, W), got shape {tuple(maps.shape)}")
+    meta = {"format": FORMAT, "version": VERSION, **meta}
+    tmp = Path(f"{path}.tmp")
+    save_file({"maps": maps.detach().float().contiguous().cpu()}, str(tmp),
+              metadata={META_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_maps(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read and validate a maps file; raises MapsFileError with the reason and the fix."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise MapsFileError(f"maps file {name!r} does not exist: save maps with Attention Focus Save Maps first")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            keys = list(f.keys())
+            maps = f.get_tensor("maps") if "maps" in keys else None
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise MapsFileError(f"{name!r} is not a readable safetensors file ({type(e).__name__}): choose a file "
+                            "written by Attention Focus Save Maps") from None
+    if META_KEY not in header:
+        raise MapsFileError(f"{name!r} is a safetensors file but not an Attention Focus maps file (no "
+                            f"'{META_KEY}' metadata; is it a model checkpoint?): choose a file written by "
+                            "Attention Focus Save Maps")
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as e:
+        raise MapsFileError(f"{name!r} has damaged metadata (bad JSON: {e.msg}); save the maps again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise MapsFileError(f"{name!r} has format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                            f"not {FORMAT!r}: choose a file written by Attention Focus Save Maps")
+    if int(meta.get("version", 0)) > VERSION:
+        raise MapsFileError(f"{name!r} was written by a newer Attention Focus (file version "
+                            f"{meta.get('version')}, this one reads {VERSION}): update the node pack")
+    if maps is None:
+        raise MapsFileError(f"{name!r} has no 'maps' tensor; save the maps again")
+    if maps.ndim != 4 or not maps.is_floating_point():
+        raise MapsFileError(f"{name!r}: 'maps' must be a 4-D float tensor, found {maps.dtype} "
+                            f"{tuple(maps.shape)}; save the maps again")
+    tokens = meta.get("tokens")
+    if tokens and len(tokens) != maps.shape[1]:
+        raise MapsFileError(f"{name!r}: the token table has {len(tokens)} entries but the maps have "
+                            f"{maps.shape[1]} tokens; the file is inconsistent, save the maps again")
+    return maps.float(), meta
+
+
+_ALLOWED = re.compile(r"[^A-Za-z0-9 _.\-]")
+
+
+def safe_output_path(output_dir: str | Path, filename_prefix: str, suffix: str = ".safetensors") -> Path:
+    """A fresh ``<prefix>_00001_<suffix>`` path inside ``output_dir``; the prefix can never escape it."""
+    root = Path(output_dir).resolve()
+    raw = (filename_prefix or "").replace("\x00", "")
+    if "\\" in raw or re.match(r"^[A-Za-z]:", raw) or raw.startswith(("/", "~")):
+        raise ValueError(f"filename_prefix {filename_prefix!r} must be a relative name such as 'attention/maps' "
+                         "(no drive, no absolute path, no backslashes)")
+    parts = []
+    for part in raw.split("/"):
+        part = _ALLOWED.sub("_", part).strip(" ")
+        if part in ("", ".", ".."):
+            if part == "..":
+                raise ValueError(f"filename_prefix {filename_prefix!r} may not contain '..'")
+            continue
+        parts.append(part)
+    if not parts:
+        raise ValueError(f"filename_prefix {filename_prefix!r} has no usable name; use e.g. 'attention_focus/maps'")
+    folder = root.joinpath(*parts[:-1])
+    if not folder.resolve().is_relative_to(root):
+        raise ValueError(f"filename_prefix {filename_prefix!r} leads outside the output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    base = parts[-1]
+    pat = re.compile(re.escape(base) + r"_(\d{5})_" + re.escape(suffix) + "$")
+    nums = [int(m.group(1)) for p in folder.iterdir() if (m := pat.match(p.name))]
+    path = folder / f"{base}_{max(nums, default=0) + 1:05d}_{suffix}"
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(f"filename_prefix {filename_prefix!r} leads outside the output folder")
+    return path
+
+
+def list_maps_files(output_dir: str | Path) -> list[str]:
+    """Relative paths (with '/') of the .safetensors files under ``output_dir``, sorted."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors") if p.is_file())

@@ -1,0 +1,129 @@
+"""Turning per-word heat maps into pictures: colormaps, overlays, captions, grids, normalisation.
+
+Colormaps are built from a handful of anchor colours interpolated linearly (no matplotlib).
+Images are float tensors (H, W, 3) in [0, 1], as ComfyUI's IMAGE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# anchor colours (evenly spaced from 0 to 1) of each colormap
+_ANCHORS: dict[str, list[tuple[float, float, float]]] = {
+    "turbo": [(0.19, 0.07, 0.23), (0.27, 0.46, 0.93), (0.10, 0.81, 0.86), (0.40, 0.99, 0.40),
+              (0.88, 0.87, 0.22), (0.98, 0.50, 0.13), (0.80, 0.16, 0.03), (0.48, 0.02, 0.01)],
+    "jet": [(0.0, 0.0, 0.5), (0.0, 0.0, 1.0), (0.0, 0.5, 1.0), (0.0, 1.0, 1.0), (0.5, 1.0, 0.5),
+            (1.0, 1.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.0, 0.0), (0.5, 0.0, 0.0)],
+    "viridis": [(0.267, 0.005, 0.329), (0.283, 0.141, 0.458), (0.254, 0.265, 0.530), (0.207, 0.372, 0.553),
+                (0.164, 0.471, 0.558), (0.128, 0.567, 0.551), (0.135, 0.659, 0.518), (0.267, 0.749, 0.441),
+                (0.478, 0.821, 0.318), (0.741, 0.873, 0.150), (0.993, 0.906, 0.144)],
+    "inferno": [(0.001, 0.000, 0.014), (0.159, 0.044, 0.329), (0.416, 0.090, 0.433), (0.645, 0.198, 0.363),
+                (0.865, 0.317, 0.226), (0.982, 0.557, 0.035), (0.988, 0.998, 0.645)],
+    "magma": [(0.001, 0.000, 0.014), (0.176, 0.067, 0.373), (0.445, 0.122, 0.506), (0.716, 0.215, 0.475),
+              (0.945, 0.376, 0.365), (0.994, 0.624, 0.427), (0.987, 0.991, 0.750)],
+    "gray": [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0)],
+}
+
+
+def _table(anchors: list[tuple[float, float, float]], n: int = 256) -> torch.Tensor:
+    a = torch.tensor(anchors, dtype=torch.float32)  # (k, 3)
+    x = torch.linspace(0, len(anchors) - 1, n)
+    lo = x.floor().long().clamp(max=len(anchors) - 2)
+    t = (x - lo.float())[:, None]
+    return a[lo] * (1 - t) + a[lo + 1] * t
+
+
+COLORMAPS: dict[str, torch.Tensor] = {name: _table(a) for name, a in _ANCHORS.items()}
+
+
+def apply_colormap(values: torch.Tensor, name: str) -> torch.Tensor:
+    """Map values in [0, 1] of shape (..., H, W) to RGB (..., H, W, 3) with a named colormap."""
+    if name not in COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(sorted(COLORMAPS))}")
+    lut = COLORMAPS[name].to(values.device)
+    x = values.float().clamp(0, 1).nan_to_num(0.0) * (lut.shape[0] - 1)
+    lo = x.floor().long().clamp(max=lut.shape[0] - 2)
+    t = (x - lo.float())[..., None]
+    return lut[lo] * (1 - t) + lut[lo + 1] * t
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, cmap: str, opacity: float) -> torch.Tensor:
+    """Alpha-blend a coloured heat map over an image: (1 − opacity)·image + opacity·colormap(heat)."""
+    return ((1 - opacity) * image.float() + opacity * apply_colormap(heat, cmap)).clamp(0, 1)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
+
+
+def draw_caption(image: torch.Tensor, text: str) -> torch.Tensor:
+    """Write ``text`` on a dark band at the top-left of an (H, W, 3) image; same size returned."""
+    if not text:
+        return image
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[0], image.shape[1]
+    size = max(10, min(32, h // 16))
+    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    pil = Image.fromarray(arr).convert("RGBA")
+    band = Image.new("RGBA", pil.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    font = _font(size)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(2, size // 4)
+    draw.rectangle((0, 0, min(w, right - left + 2 * pad), min(h, bottom - top + 2 * pad)), fill=(0, 0, 0, 160))
+    draw.text((pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255))
+    out = Image.alpha_composite(pil, band).convert("RGB")
+    return torch.from_numpy(np.asarray(out).astype(np.float32) / 255.0).to(image.device)
+
+
+def make_grid(tiles: torch.Tensor, columns: int | None = None, pad: int = 2) -> torch.Tensor:
+    """Lay out (N, H, W, 3) tiles in a near-square grid with dark-grey padding → (H2, W2, 3)."""
+    n, h, w, c = tiles.shape
+    cols = columns or max(1, math.ceil(math.sqrt(n)))
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    out = torch.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, c), 0.15, dtype=tiles.dtype)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        out[y:y + h, x:x + w] = tiles[i]
+    return out
+
+
+def normalize_maps(maps: torch.Tensor, mode: str) -> torch.Tensor:
+    """Scale (N, H, W) maps to [0, 1].
+
+    ``per word``: each map min–max over its own pixels; ``shared``: one min–max over all maps (so words
+    compare); ``none``: divide by the global maximum. Constant maps give zeros, never NaN.
+    """
+    m = maps.float()
+    if mode == "per word":
+        lo = m.amin(dim=(-2, -1), keepdim=True)
+        hi = m.amax(dim=(-2, -1), keepdim=True)
+    elif mode == "shared":
+        lo, hi = m.min(), m.max()
+    elif mode == "none":
+        lo, hi = torch.zeros(()), m.max().clamp(min=0)
+    else:
+        raise ValueError(f"unknown normalization {mode!r}; use 'per word', 'shared' or 'none'")
+    span = hi - lo
+    out = torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(m))
+    return out.clamp(0, 1)
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic-resize (N, h, w) maps to (N, H, W), clamped ≥ 0."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps.float().clamp(min=0)
+    up = F.interpolate(maps.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
+    return up.clamp(min=0)
