@@ -73,17 +73,21 @@ def draw_caption(image: torch.Tensor, text: str) -> torch.Tensor:
 
     h, w = image.shape[0], image.shape[1]
     size = max(10, min(32, h // 16))
-    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    pil = Image.fromarray(arr).convert("RGBA")
-    band = Image.new("RGBA", pil.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(band)
     font = _font(size)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
     pad = max(2, size // 4)
-    draw.rectangle((0, 0, min(w, right - left + 2 * pad), min(h, bottom - top + 2 * pad)), fill=(0, 0, 0, 160))
+    bw, bh = min(w, right - left + 2 * pad), min(h, bottom - top + 2 * pad)
+    # only the band is re-drawn (through 8-bit PIL); every other pixel keeps its exact value
+    band = image[:bh, :bw].detach().float().clamp(0, 1).cpu()
+    pil = Image.fromarray((band.numpy() * 255).round().astype(np.uint8)).convert("RGBA")
+    shade = Image.new("RGBA", pil.size, (0, 0, 0, 160))
+    draw = ImageDraw.Draw(shade)
     draw.text((pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255))
-    out = Image.alpha_composite(pil, band).convert("RGB")
-    return torch.from_numpy(np.asarray(out).astype(np.float32) / 255.0).to(image.device)
+    pil = Image.alpha_composite(pil, shade).convert("RGB")
+    out = image.detach().float().clone()
+    out[:bh, :bw] = torch.from_numpy(np.asarray(pil).astype(np.float32) / 255.0).to(out.device)
+    return out
 
 
 def make_grid(tiles: torch.Tensor, columns: int | None = None, pad: int = 2) -> torch.Tensor:

@@ -168,7 +168,8 @@ def test_bad_input_gives_clear_errors(comfy, ckpt, case, match):
 
 def test_maps_of_another_image_size_are_refused(comfy, ckpt):
     g = _graph(ckpt, size=(64, 64))
-    g["11"] = {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 1, "color": 0}}
+    g["11"] = {"class_type": "ImageScale", "inputs": {"image": ["7", 0], "upscale_method": "nearest-exact",
+                                                      "width": 96, "height": 64, "crop": "disabled"}}
     g["8"]["inputs"]["image"] = ["11", 0]
     res = comfy.run(g, expect_error=True)
     assert "captured on a 8x8 latent" in res["error"]["exception_message"]
