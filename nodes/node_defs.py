@@ -203,7 +203,7 @@ class AttentionFocusHeatmap:
                 tiles.append(o)
             grids.append(make_grid(torch.stack(tiles)))
         grid = torch.stack(grids)
-        ui = {"images": _preview(grid), "attention_focus_words": table.word_texts()}
+        ui = {"images": _preview(grid), "attention_focus_words": list(dict.fromkeys(table.word_texts()))}
         return {"ui": ui, "result": (torch.stack(overlays), grid, norm.clamp(0, 1))}
 
 

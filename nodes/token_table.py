@@ -61,6 +61,10 @@ class TokenTable:
         """The prompt's words in order (punctuation-only words left out unless asked)."""
         return [w.text for w in self.words if include_punctuation or not w.punctuation]
 
+    def word_list(self) -> str:
+        """The distinct words of the prompt, in order, for messages."""
+        return ", ".join(dict.fromkeys(self.word_texts())) or "(no words)"
+
     def special_positions(self) -> list[int]:
         return [r.pos for r in self.rows if r.special]
 
@@ -277,9 +281,8 @@ def find_positions(table: TokenTable, phrase: str) -> list[tuple[int, ...]]:
                 break
     if occurrence is not None:
         if occurrence < 1 or occurrence > len(found):
-            words = ", ".join(table.word_texts()) or "(no words)"
             raise WordNotFound(f"{phrase!r} occurs {len(found)} time(s) in the prompt; occurrence "
-                               f"[{occurrence}] does not exist. The prompt's words are: {words}")
+                               f"[{occurrence}] does not exist. The prompt's words are: {table.word_list()}")
         return [found[occurrence - 1]]
     return found
 
@@ -288,7 +291,6 @@ def resolve(table: TokenTable, phrase: str) -> tuple[int, ...]:
     """Positions of every occurrence of ``phrase`` (merged); WordNotFound lists the prompt's words."""
     occ = find_positions(table, phrase)
     if not occ:
-        words = ", ".join(table.word_texts()) or "(no words)"
-        raise WordNotFound(f"{phrase!r} is not in the prompt. The prompt's words are: {words}. "
+        raise WordNotFound(f"{phrase!r} is not in the prompt. The prompt's words are: {table.word_list()}. "
                            "Use one of them, a phrase of consecutive words, or #N for a token position.")
     return tuple(sorted({p for o in occ for p in o}))

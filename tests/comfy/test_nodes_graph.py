@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,36 @@ def test_invalid_maps_file_is_refused(comfy):
     g["1"]["inputs"]["file"] = "../../etc/passwd"
     res = comfy.run(g, expect_error=True)
     assert res.get("validation") is not None or res["error"] is not None
+
+
+def _reweighted(ckpt, weights, mode="scale", text="a photo of a cat wearing a red wizard hat"):
+    g = _graph(ckpt, text=text, words="red")
+    g["12"] = {"class_type": "AttentionFocusReweight", "inputs": {
+        "model": ["1", 0], "weights": weights, "mode": mode, "layers": "all", "branch": "positive",
+        "start_percent": 0.0, "end_percent": 1.0}}
+    g["4"]["inputs"]["model"] = ["12", 0]
+    g["13"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "t/latent"}}
+    return g
+
+
+def _latent_of(comfy, res):
+    import safetensors.torch
+
+    rec = res["outputs"]["13"]["latents"][0]
+    path = Path(comfy.folder_paths.get_output_directory()) / rec["subfolder"] / rec["filename"]
+    return safetensors.torch.load_file(str(path))["latent_tensor"]
+
+
+def test_reweight_node_by_word_in_a_graph(comfy, ckpt):
+    text = LONG + ", a (red:1.2) wizard hat"  # the words sit in the second 77-token chunk, weighted
+    base = _latent_of(comfy, comfy.run(_reweighted(ckpt, "", text=text)))
+    ones = _latent_of(comfy, comfy.run(_reweighted(ckpt, "red:1, wizard hat:1.0", text=text)))
+    assert torch.equal(base, ones)
+    for mode in ("scale", "renormalize"):
+        res = comfy.run(_reweighted(ckpt, 'red:3, "wizard hat":0.5', mode, text=text))
+        assert not torch.equal(_latent_of(comfy, res), base)
+    res = comfy.run(_reweighted(ckpt, "giraffe:2"), expect_error=True)
+    assert re.search(r"giraffe.*not in the prompt.*wizard", res["error"]["exception_message"], re.S)
+    for bad, match in [("red:abc", "not a number"), ("red:0", "renormalize"), (":2", "missing word")]:
+        res = comfy.run(_reweighted(ckpt, bad, "renormalize" if bad == "red:0" else "scale"), expect_error=True)
+        assert match in res["error"]["exception_message"]
