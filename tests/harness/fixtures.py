@@ -17,6 +17,7 @@ name), so they do not depend on iteration order.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zlib
@@ -111,6 +112,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.close(fd)
     try:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -195,8 +197,6 @@ def _sd15_modules(dtype: torch.dtype):
     mc = _model_config("sd15", unet_config("sd15", **SD15_CKPT_CONFIG), dtype)
     ops = comfy.ops.disable_weight_init
     unet = UNetModel(**mc.unet_config, device="meta", operations=ops)
-    import json
-
     with open(Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json") as f:
         clip_cfg = json.load(f)
     clip = comfy.clip_model.CLIPTextModel(clip_cfg, dtype, "meta", ops)

@@ -1,0 +1,122 @@
+"""End to end: ComfyUI's own main.py as a server subprocess with the pack in custom_nodes, over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+NODES = ["AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHeatmap", "AttentionFocusSaveMaps",
+         "AttentionFocusLoadMaps", "AttentionFocusReweight"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    from harness.comfy_boot import comfyui_path
+    from harness.fixtures import sd15_checkpoint
+    from harness.server import ComfyServer
+
+    ckpt = sd15_checkpoint()
+    base = Path(tempfile.mkdtemp(prefix="af-e2e-"))
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt)
+    with ComfyServer(base, comfyui_path(), python=sys.executable) as srv:
+        srv.ckpt = ckpt.name
+        yield srv
+
+
+def test_every_node_is_registered_with_tooltips(server):
+    info = server.get("/object_info")
+    for name in NODES:
+        assert name in info, f"{name} missing from /object_info"
+        node = info[name]
+        assert node["category"] == "attention focus"
+        assert node["display_name"].startswith("Attention Focus")
+        for section in ("required", "optional"):
+            for inp, spec in node["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+    bad = [line for line in server.log().splitlines()
+           if ("IMPORT FAILED" in line or "Cannot import" in line) and "attention_focus" in line]
+    assert not bad, bad
+    # the front-end extension is served
+    assert any("attention_focus" in p for p in server.get("/extensions"))
+
+
+def test_bundled_example_workflow_runs_and_writes_files(server):
+    from workflow_api import to_api
+
+    info = server.get("/object_info")
+    wf = json.loads((REPO / "example_workflows" / "attention_focus_heatmaps.json").read_text())
+    prompt = to_api(wf, info)
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = server.ckpt
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update({"width": 96, "height": 64})
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 3
+    classes = {n["class_type"] for n in prompt.values()}
+    assert {"AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHeatmap",
+            "AttentionFocusSaveMaps"} <= classes
+    hist = server.wait(server.queue(prompt))
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    out = server.base / "output"
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert any(f.startswith("attention_focus/image_") and f.endswith(".png") for f in files), files
+    assert any(f.startswith("attention_focus/heatmap_grid_") for f in files), files
+    masks = [f for f in files if f.startswith("attention_focus/masks_")]
+    assert len(masks) == 3, files  # three words: cat, red wizard hat, sunset
+    maps = [f for f in files if f.endswith(".safetensors")]
+    assert len(maps) == 1
+
+    from attention_focus.nodes.maps_file import load_maps
+
+    tensor, meta = load_maps(out / maps[0])
+    assert tensor.shape == (1, 77, 8, 12) and meta["image_size"] == [64, 96]
+    words = [w["text"] for w in meta["token_table"]["words"]]
+    assert "sunset" in words and "wizard" in words
+
+    # the saved maps load back through the loader node over HTTP
+    g = {"1": {"class_type": "AttentionFocusLoadMaps", "inputs": {"file": maps[0]}},
+         "2": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 1, "color": 0}},
+         "3": {"class_type": "AttentionFocusHeatmap", "inputs": {
+             "attention_maps": ["1", 0], "image": ["2", 0], "words": "cat", "colormap": "magma",
+             "opacity": 0.5, "normalization": "per word", "branch": "positive"}},
+         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 1], "filename_prefix": "reload"}}}
+    hist = server.wait(server.queue(g))
+    assert hist["status"]["status_str"] == "success", hist["status"]
+
+
+def test_bad_input_errors_and_server_keeps_running(server):
+    info = server.get("/object_info")
+    from workflow_api import to_api
+
+    wf = json.loads((REPO / "example_workflows" / "attention_focus_heatmaps.json").read_text())
+    prompt = to_api(wf, info)
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = server.ckpt
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update({"width": 64, "height": 64})
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 2
+        if node["class_type"] == "AttentionFocusHeatmap":
+            node["inputs"]["words"] = "giraffe"
+    hist = server.wait(server.queue(prompt))
+    assert hist["status"]["status_str"] == "error"
+    err = next(m[1] for m in hist["status"]["messages"] if m[0] == "execution_error")
+    assert "'giraffe' is not in the prompt" in err["exception_message"]
+    assert "cat" in err["exception_message"]
+    # the image written before the failing node is kept; the server still answers and runs prompts
+    assert server.get("/object_info/AttentionFocusCapture")
+    status, body = server.post("/prompt", {"prompt": {"1": {"class_type": "AttentionFocusCapture",
+                                                            "inputs": {"layers": "all"}}}})
+    assert status == 400  # invalid prompt: refused with node_errors, not a crash
+    assert os.path.exists(server.base / "output")
