@@ -64,8 +64,8 @@ def conds(family: str, seed: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="full SD1.5/SDXL widths (slow on CPU)")
     ap.add_argument("--only", choices=["sd15", "sdxl"], default=None)
     args = ap.parse_args()

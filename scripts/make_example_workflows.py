@@ -29,6 +29,7 @@ OUTPUTS = {
     "SaveImage": [],
     "PreviewImage": [],
     "AttentionFocusSaveMaps": [],
+    "ImageBatch": [("IMAGE", "IMAGE")],
 }
 INPUTS = {
     "AttentionFocusTextEncode": [("clip", "CLIP")],
@@ -43,6 +44,7 @@ INPUTS = {
     "SaveImage": [("images", "IMAGE")],
     "PreviewImage": [("images", "IMAGE")],
     "AttentionFocusSaveMaps": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
+    "ImageBatch": [("image1", "IMAGE"), ("image2", "IMAGE")],
 }
 
 
@@ -121,9 +123,56 @@ def heatmaps() -> Graph:
     return g
 
 
+def reweight() -> Graph:
+    """Same seed with and without reweighting; both images and both heat-map grids side by side."""
+    g = Graph()
+    ck = g.add("CheckpointLoaderSimple", [DEMO_CKPT], (0, 0))
+    pos = g.add("AttentionFocusTextEncode", [PROMPT], (350, 0), "Positive prompt (with tokens)")
+    neg = g.add("CLIPTextEncode", [NEGATIVE], (350, 220), "Negative prompt")
+    lat = g.add("EmptyLatentImage", [256, 256, 1], (350, 420))
+    rw = g.add("AttentionFocusReweight", ["red wizard hat:2.0, cat:0.5", "scale", "all", "positive", 0.0, 1.0],
+               (0, 420), "Reweight: more hat, less cat")
+    words = "cat, red wizard hat, sunset"
+    grids = []
+    images = []
+    for row, model_src in enumerate([(ck, 0), (rw, 0)]):
+        y = 700 * row
+        cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean"], (720, y),
+                    "Capture (plain)" if row == 0 else "Capture (reweighted)")
+        ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (1080, y))
+        dec = g.add("VAEDecode", [], (1440, y))
+        hm = g.add("AttentionFocusHeatmap", [words, "turbo", 0.6, "shared", "positive"], (1440, y + 150))
+        g.link(*model_src, cap, "model")
+        g.link(cap, 0, ks, "model")
+        g.link(pos, 0, ks, "positive")
+        g.link(neg, 0, ks, "negative")
+        g.link(lat, 0, ks, "latent_image")
+        g.link(ks, 0, dec, "samples")
+        g.link(ck, 2, dec, "vae")
+        g.link(cap, 1, hm, "attention_maps")
+        g.link(dec, 0, hm, "image")
+        grids.append(hm)
+        images.append(dec)
+    g.link(ck, 1, pos, "clip")
+    g.link(ck, 1, neg, "clip")
+    g.link(ck, 0, rw, "model")
+    both_img = g.add("ImageBatch", [], (1800, 0), "Images: plain | reweighted")
+    g.link(images[0], 0, both_img, "image1")
+    g.link(images[1], 0, both_img, "image2")
+    both_grid = g.add("ImageBatch", [], (1800, 400), "Heat maps: plain | reweighted")
+    g.link(grids[0], 1, both_grid, "image1")
+    g.link(grids[1], 1, both_grid, "image2")
+    s1 = g.add("SaveImage", ["attention_focus/reweight_images"], (2150, 0))
+    s2 = g.add("SaveImage", ["attention_focus/reweight_heatmaps"], (2150, 400))
+    g.link(both_img, 0, s1, "images")
+    g.link(both_grid, 0, s2, "images")
+    return g
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     heatmaps().dump(OUT / "attention_focus_heatmaps.json")
+    reweight().dump(OUT / "attention_focus_reweight.json")
 
 
 if __name__ == "__main__":

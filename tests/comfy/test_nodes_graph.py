@@ -225,3 +225,27 @@ def test_reweight_node_by_word_in_a_graph(comfy, ckpt):
     for bad, match in [("red:abc", "not a number"), ("red:0", "renormalize"), (":2", "missing word")]:
         res = comfy.run(_reweighted(ckpt, bad, "renormalize" if bad == "red:0" else "scale"), expect_error=True)
         assert match in res["error"]["exception_message"]
+
+
+def test_stock_text_encode_captures_label_by_position_or_by_given_text(comfy, loaded):
+    model, clip, vae = loaded
+    nm = comfy.nodes.NODE_CLASS_MAPPINGS
+    text = "a cat on a red sofa"
+    with torch.inference_mode():
+        pos = comfy.nodes.CLIPTextEncode().encode(clip, text)[0]
+        neg = comfy.nodes.CLIPTextEncode().encode(clip, "")[0]
+        m, maps = nm["AttentionFocusCapture"]().patch(model, "all", "positive", 0.0, 1.0, "mean")
+        lat = comfy.nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        samples = comfy.nodes.common_ksampler(m, 1, 2, 4.0, "euler", "normal", pos, neg, lat)[0]
+        image = vae.decode(samples["samples"])
+        hm = nm["AttentionFocusHeatmap"]()
+        with pytest.raises(ValueError, match="carry no token labels"):
+            hm.render(maps, image, "", "turbo", 0.5, "per word", "positive")
+        by_pos = hm.render(maps, image, "#2, #5", "turbo", 0.5, "per word", "positive")["result"][2]
+        by_text = hm.render(maps, image, "cat, sofa", "turbo", 0.5, "per word", "positive", text=text,
+                            clip=clip)["result"][2]
+        with pytest.raises(ValueError, match="give the exact prompt"):
+            hm.render(maps, image, "cat", "turbo", 0.5, "per word", "positive", text=LONG, clip=clip)
+    # "cat" is token 2 and "sofa" token 6 of "<bos> a cat on a red sofa"
+    assert torch.allclose(by_pos[0], by_text[0])
+    assert not torch.allclose(by_pos[1], by_text[1])

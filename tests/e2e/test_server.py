@@ -120,3 +120,27 @@ def test_bad_input_errors_and_server_keeps_running(server):
                                                             "inputs": {"layers": "all"}}}})
     assert status == 400  # invalid prompt: refused with node_errors, not a crash
     assert os.path.exists(server.base / "output")
+
+
+def test_reweight_example_workflow_side_by_side(server):
+    import numpy as np
+    from PIL import Image
+    from workflow_api import to_api
+
+    wf = json.loads((REPO / "example_workflows" / "attention_focus_reweight.json").read_text())
+    prompt = to_api(wf, server.get("/object_info"))
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = server.ckpt
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update({"width": 64, "height": 64})
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 3
+    hist = server.wait(server.queue(prompt))
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    out = server.base / "output" / "attention_focus"
+    imgs = sorted(out.glob("reweight_images_*.png"))
+    grids = sorted(out.glob("reweight_heatmaps_*.png"))
+    assert len(imgs) == 2 and len(grids) == 2
+    a, b = (np.asarray(Image.open(p)) for p in imgs)
+    assert a.shape == b.shape and not np.array_equal(a, b), "reweighting must change the image"

@@ -102,9 +102,11 @@ def boot() -> types.SimpleNamespace:
     spec.loader.exec_module(pack)
     nodes.NODE_CLASS_MAPPINGS.update(pack.NODE_CLASS_MAPPINGS)
     nodes.NODE_DISPLAY_NAME_MAPPINGS.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    import comfy.ldm.modules.attention as attention
+
     _state = types.SimpleNamespace(
         root=root, base=base, nodes=nodes, execution=execution, folder_paths=folder_paths,
-        pack=pack, run=run_prompt,
+        pack=pack, run=run_prompt, backend=attention.optimized_attention.__name__,
     )
     return _state
 
