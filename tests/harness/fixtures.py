@@ -29,7 +29,7 @@ import torch
 from harness.comfy_boot import CACHE, boot
 
 # Bump when the fixture recipe changes: cached files are keyed by it.
-VERSION = "1"
+VERSION = "2"
 
 FAMILIES = ("sd15", "sd2v", "sdxl")
 CONTEXT_DIM = {"sd15": 768, "sd2v": 1024, "sdxl": 2048}
@@ -64,12 +64,36 @@ def _key_generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) & 0x7FFF_FFFF_FFFF)
 
 
+def fan_in_std(qk_gain: float = QK_GAIN):
+    """Weight rule for UNets and VAEs: N(0, 1/sqrt(fan_in)), to_q/to_k N(0, qk_gain/sqrt(fan_in)).
+
+    Activations stay O(1) through the residual stack and the attention path changes the output, so
+    reweighting is visible; with unit-variance inputs the q.k logits have a std of about qk_gain**2.
+    """
+    def rule(key: str, shape: torch.Size) -> float:
+        gain = qk_gain if key.endswith((".to_q.weight", ".to_k.weight")) else 1.0
+        return gain / shape[1:].numel() ** 0.5
+    return rule
+
+
+def clip_std(n_layers: int = 12, std: float = 0.02):
+    """Weight rule for CLIP text models: N(0, 0.02), residual outputs (out_proj, fc2) scaled down by
+    sqrt(2 * n_layers) (GPT-2 style), so the residual stream keeps each token's identity: random deep
+    attention stacks otherwise collapse all tokens to one vector and UNet cross-attention turns uniform.
+    """
+    def rule(key: str, shape: torch.Size) -> float:
+        if key.endswith((".out_proj.weight", ".fc2.weight")):
+            return std / (2 * n_layers) ** 0.5
+        return std
+    return rule
+
+
 def _random_value(key: str, shape: torch.Size, module: torch.nn.Module | None, seed: int,
-                  qk_gain: float) -> torch.Tensor:
-    """Per-key rules: norms 1/0, biases 0, weights N(0, gain/sqrt(fan_in)), embeddings N(0, 1)."""
+                  weight_std) -> torch.Tensor:
+    """Per-key rules: norms 1/0, biases 0, token embeddings N(0, 1), position embeddings N(0, 0.1),
+    other >= 2-d weights N(0, weight_std(key, shape)), anything else N(0, 0.02)."""
     name = key.rsplit(".", 1)[-1]
-    norm_types = (torch.nn.GroupNorm, torch.nn.LayerNorm)
-    if isinstance(module, norm_types):
+    if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
         return torch.ones(shape) if name == "weight" else torch.zeros(shape)
     if name == "vae_scale":
         return torch.ones(shape)
@@ -77,30 +101,29 @@ def _random_value(key: str, shape: torch.Size, module: torch.nn.Module | None, s
         return torch.zeros(shape)
     gen = _key_generator(seed, key)
     if isinstance(module, torch.nn.Embedding):
-        std = 1.0 if "token" in key else 0.1
-        return torch.randn(shape, generator=gen) * std
+        return torch.randn(shape, generator=gen) * (1.0 if "token" in key else 0.1)
     if len(shape) >= 2:
-        fan_in = shape[1:].numel()
-        gain = qk_gain if key.endswith((".to_q.weight", ".to_k.weight")) else 1.0
-        return torch.randn(shape, generator=gen) * (gain / fan_in ** 0.5)
+        return torch.randn(shape, generator=gen) * weight_std(key, shape)
     return torch.randn(shape, generator=gen) * 0.02
 
 
 def random_state_dict(module: torch.nn.Module, seed: int = 0, prefix: str = "", *,
-                      dtype: torch.dtype = torch.float32, qk_gain: float = QK_GAIN,
+                      dtype: torch.dtype = torch.float32, weight_std=None,
                       skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Seeded random values for every ``state_dict()`` key of ``module`` (which may live on meta).
 
-    ``prefix`` is prepended to the saved names (it does not change the seeds: those use the module's
-    own key). Keys ending with any of ``skip`` are left out.
+    ``weight_std(key, shape) -> float`` is the rule for >= 2-d weights (default ``fan_in_std()``).
+    ``prefix`` is prepended to the saved names (seeds use the module's own key, so they do not depend
+    on it nor on the order of keys). Keys ending with any of ``skip`` are left out.
     """
+    weight_std = weight_std or fan_in_std()
     modules = dict(module.named_modules())
     out = {}
     for key, t in module.state_dict(keep_vars=True).items():
         if key.endswith(skip):
             continue
         owner = modules.get(key.rsplit(".", 1)[0]) if "." in key else module
-        value = _random_value(key, t.shape, owner, seed, qk_gain)
+        value = _random_value(key, t.shape, owner, seed, weight_std)
         out[prefix + key] = value.to(t.dtype if not t.dtype.is_floating_point else dtype).contiguous()
     return out
 
@@ -152,8 +175,8 @@ def unet_config(family: str, **overrides: Any) -> dict:
     nres = topo["num_res_blocks"]
     nres = [nres] * len(mult) if isinstance(nres, int) else list(nres)
     depth = list(topo["depth"])
-    t_in = [d for d, n in zip(depth, nres) for _ in range(n)]
-    t_out = [d for d, n in zip(depth, nres) for _ in range(n + 1)]
+    t_in = [d for d, n in zip(depth, nres, strict=True) for _ in range(n)]
+    t_out = [d for d, n in zip(depth, nres, strict=True) for _ in range(n + 1)]
     cfg = {
         "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
         "adm_in_channels": None, "in_channels": 4, "out_channels": 4,
@@ -218,13 +241,21 @@ def sd15_checkpoint(dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
     path = cache_dir() / f"sd15-rand-v{VERSION}-comfy{_comfy_version()}-{tag}-s{seed}.safetensors"
     if path.is_file():
         return path
+    for stale in path.parent.glob("sd15-rand-v*.safetensors"):
+        if not stale.name.startswith(f"sd15-rand-v{VERSION}-"):  # an older recipe: rebuilt, not reused
+            stale.unlink(missing_ok=True)
     unet, clip, taesd = _sd15_modules(dtype)
     sd = random_state_dict(unet, seed, "model.diffusion_model.", dtype=dtype)
     # SD1.5 checkpoints carry no text_projection (ComfyUI's SD15 key conversion would misplace it).
     sd.update(random_state_dict(clip, seed + 1, "cond_stage_model.transformer.", dtype=dtype,
-                                skip=("text_projection.weight",)))
+                                weight_std=clip_std(clip.num_layers), skip=("text_projection.weight",)))
     sd.update(random_state_dict(taesd, seed + 2, "first_stage_model.", dtype=dtype))
-    _save_atomic(sd, path, {"format": "pt", "attention_focus_fixture": f"sd15 v{VERSION} seed {seed}"})
+    import comfy.model_detection
+
+    detected = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
+    if type(detected).__name__ != "SD15":  # fail here, not in a loader deep inside a test
+        raise RuntimeError(f"ComfyUI detects the SD1.5 fixture as {type(detected).__name__}")
+    _save_atomic(sd, path, {"format": "pt"})  # one key: safetensors writes metadata in hash order
     return path
 
 
