@@ -13,17 +13,15 @@ The real output always comes from the attention function ComfyUI chose (or the p
 from __future__ import annotations
 
 import logging
-import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Any
 from collections.abc import Callable
 
 import torch
 
-from .attention_math import cross_attention_probs, fold_repeated_keys, log_weight_bias
+from .attention_math import cross_attention_probs, fold_repeated_keys, log_weight_bias, scale_value_rows
 from .capture_store import AttentionMaps, PromptInfo
 from .layer_spec import LayerKey, check_step_window, describe_layers, select_layers
-from .token_table import TokenTable, resolve
+from .token_table import TokenTable, positional_table, resolve
 
 TOKENS_KEY = "attention_focus_tokens"
 STATE_KEY = "attention_focus"  # shared mutable state in transformer_options
@@ -287,7 +285,6 @@ class Reweighter:
                         "with 'Attention Focus Text Encode' or address tokens by position (#N)")
                 table = p.tokens
                 if table is None:
-                    from .token_table import positional_table
                     table = positional_table(p.length)
                 try:
                     for pos in resolve(table, target):
@@ -347,8 +344,7 @@ def add_reweight(model, spec: list[tuple[str, float]], mode: str, layer_spec: st
 def _apply_weights(args, kwargs, w: torch.Tensor, mode: str, bhld: bool, q: torch.Tensor):
     args = list(args)
     if mode == "scale":
-        v = args[2]
-        args[2] = v * (w[:, None, :, None] if bhld else w[:, :, None]).to(v.dtype)
+        args[2] = scale_value_rows(args[2], w, bhld)
         return tuple(args), kwargs
     bias = log_weight_bias(w).to(q.dtype)
     lq = q.shape[2] if bhld else q.shape[1]
@@ -462,11 +458,3 @@ def _capture(st: SharedState, maps: AttentionMaps, info: CallInfo, args, kwargs,
             p = p * scale[:, None, :]
         p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
         maps.store.add(uid, info.layer, p, info.hw, info.call_id)
-
-
-def new_uuid() -> str:
-    return str(_uuid.uuid4())
-
-
-def describe_store(maps: AttentionMaps) -> dict[str, Any]:
-    return {"bytes": maps.store.nbytes(), "peak_bytes": maps.store.peak_bytes}

@@ -20,14 +20,28 @@ if [ -z "${AF_PYTHON:-}" ]; then
     echo "[attention-focus] creating the environment in $_af_venv (once; about 2 minutes)" >&2
     rm -rf "$_af_venv"
     python3 -m venv "$_af_venv"
-    "$_af_venv/bin/python" -m pip install -q --disable-pip-version-check -r "$_af_root/scripts/requirements-dev.txt"
-    "$_af_venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$_af_root/scripts/requirements-nodeps.txt"
+    # (pip's "Location ... is ignored" lines come from this machine's pip config, not from us)
+    "$_af_venv/bin/python" -m pip install -q --disable-pip-version-check -r "$_af_root/scripts/requirements-dev.txt" \
+      2> >(grep -v "is ignored: it is neither" >&2)
+    "$_af_venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+      -r "$_af_root/scripts/requirements-nodeps.txt" 2> >(grep -v "is ignored: it is neither" >&2)
     _af_site=$("$_af_venv/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
     cp "$_af_root/scripts/torchvision_shim.py" "$_af_site/_af_torchvision_shim.py"
     echo "import _af_torchvision_shim" > "$_af_site/_af_torchvision_shim.pth"
     touch "$_af_venv/.ready"
   fi
   export AF_PYTHON="$_af_venv/bin/python"
+fi
+
+# Debian's headless Chromium for the front-end test (never a browser download of a test tool's own)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[attention-focus] installing Debian's chromium for the front-end test (once)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "[attention-focus] could not install chromium; the front-end test will fail" >&2
+  else
+    echo "[attention-focus] chromium not found: install Debian's chromium for the front-end test" >&2
+  fi
 fi
 
 if [ -z "${COMFYUI_PATH:-}" ]; then

@@ -32,6 +32,22 @@ def server():
         yield srv
 
 
+def example_prompt(server, name: str, width: int, height: int, steps: int) -> dict:
+    """A bundled example workflow as an API prompt, on the fixture checkpoint, small and short."""
+    from workflow_api import to_api
+
+    wf = json.loads((REPO / "example_workflows" / name).read_text())
+    prompt = to_api(wf, server.get("/object_info"))
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = server.ckpt
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update({"width": width, "height": height})
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+    return prompt
+
+
 def test_every_node_is_registered_with_tooltips(server):
     info = server.get("/object_info")
     for name in NODES:
@@ -50,18 +66,7 @@ def test_every_node_is_registered_with_tooltips(server):
 
 
 def test_bundled_example_workflow_runs_and_writes_files(server):
-    from workflow_api import to_api
-
-    info = server.get("/object_info")
-    wf = json.loads((REPO / "example_workflows" / "attention_focus_heatmaps.json").read_text())
-    prompt = to_api(wf, info)
-    for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = server.ckpt
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update({"width": 96, "height": 64})
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = 3
+    prompt = example_prompt(server, "attention_focus_heatmaps.json", 96, 64, 3)
     classes = {n["class_type"] for n in prompt.values()}
     assert {"AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHeatmap",
             "AttentionFocusSaveMaps"} <= classes
@@ -95,18 +100,8 @@ def test_bundled_example_workflow_runs_and_writes_files(server):
 
 
 def test_bad_input_errors_and_server_keeps_running(server):
-    info = server.get("/object_info")
-    from workflow_api import to_api
-
-    wf = json.loads((REPO / "example_workflows" / "attention_focus_heatmaps.json").read_text())
-    prompt = to_api(wf, info)
+    prompt = example_prompt(server, "attention_focus_heatmaps.json", 64, 64, 2)
     for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = server.ckpt
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update({"width": 64, "height": 64})
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = 2
         if node["class_type"] == "AttentionFocusHeatmap":
             node["inputs"]["words"] = "giraffe"
     hist = server.wait(server.queue(prompt))
@@ -125,17 +120,7 @@ def test_bad_input_errors_and_server_keeps_running(server):
 def test_reweight_example_workflow_side_by_side(server):
     import numpy as np
     from PIL import Image
-    from workflow_api import to_api
-
-    wf = json.loads((REPO / "example_workflows" / "attention_focus_reweight.json").read_text())
-    prompt = to_api(wf, server.get("/object_info"))
-    for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = server.ckpt
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update({"width": 64, "height": 64})
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = 3
+    prompt = example_prompt(server, "attention_focus_reweight.json", 64, 64, 3)
     hist = server.wait(server.queue(prompt))
     assert hist["status"]["status_str"] == "success", hist["status"]
     out = server.base / "output" / "attention_focus"
