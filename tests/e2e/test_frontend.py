@@ -53,7 +53,7 @@ def test_editor_loads_queues_and_shows_words(server, tmp_path):
             node["widgets_values"][2] = 2
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS + [f"--user-data-dir={tmp_path}/ud"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)  # a fresh temporary profile
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
                    else route.abort())
