@@ -1,6 +1,10 @@
 """Attention Focus: capture, visualise and reweight cross-attention per prompt token in ComfyUI."""
 
-from .nodes.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
 WEB_DIRECTORY = "./web"
+
+if __package__:  # loaded as a package, as ComfyUI loads custom nodes
+    from .nodes.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:  # imported as a plain file (e.g. pytest probing a checkout folder whose name is no identifier)
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
