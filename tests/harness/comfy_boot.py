@@ -32,6 +32,7 @@ def register_package() -> types.ModuleType:
         pkg = types.ModuleType("attention_focus")
         pkg.__path__ = [str(REPO)]
         pkg.__file__ = str(REPO / "__init__.py")
+        pkg.__package__ = "attention_focus"
         sys.modules["attention_focus"] = pkg
     return pkg
 
