@@ -186,11 +186,24 @@ def _outer_sample(executor, *args, **kwargs):
                     tokens = None
                 prompts[str(c["uuid"])] = PromptInfo(branch, slot, length,
                                                      tokens if isinstance(tokens, TokenTable) else None)
+        _check_hooks_reachable(guider.model_options.get("transformer_options", {}))
         noise = args[0]
         st.run = RunState(prompts, (int(noise.shape[-2]), int(noise.shape[-1])), 0)
         for hook in st.run_hooks:
             hook(guider, st.run, noise, args[3])
     return executor(*args, **kwargs)
+
+
+def _check_hooks_reachable(to: dict) -> None:
+    """Warn when another node took the attention hooks away from us (their layers go unseen)."""
+    override = to.get("optimized_attention_override")
+    if not getattr(override, "_attention_focus", False):
+        log.warning("Attention Focus: another node replaced the attention override after ours; capture and "
+                    "reweighting see nothing. Put the Attention Focus nodes after that node in the model chain.")
+    replaced = sorted(map(str, (to.get("patches_replace", {}) or {}).get("attn2", {})))
+    if replaced:
+        log.warning("Attention Focus: cross-attention of %s is replaced by another node (e.g. IPAdapter); these "
+                    "layers are neither captured nor reweighted", ", ".join(replaced))
 
 
 def _call_info(st: SharedState, to: dict, q: torch.Tensor, heads: int, bhld: bool) -> CallInfo | None:
@@ -383,6 +396,7 @@ def _install_shared_override(m, hook: Callable) -> None:
             if owner:
                 to.pop("attention_focus_info", None)
 
+    override._attention_focus = True
     to["optimized_attention_override"] = override
 
 

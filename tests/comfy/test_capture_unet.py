@@ -157,3 +157,29 @@ def test_unsupported_family_is_named(env):
     mp.model = Holder()
     with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL"):
         cp.add_capture(mp, "all", "positive", 0, 1, "mean")
+
+
+def test_foreign_override_and_attn2_replacement_are_reported(env, caplog):
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos, neg = fixtures.random_conditioning("sd15", seed=1), fixtures.random_conditioning("sd15", seed=2)
+    lat = torch.zeros(1, 4, 8, 8)
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    # another pack that overwrites the override slot instead of chaining
+    m2 = m.clone()
+    m2.model_options["transformer_options"]["optimized_attention_override"] = lambda func, *a, **k: func(*a, **k)
+    with caplog.at_level("WARNING", logger="attention_focus"):
+        _sample(fixtures, m2, pos, neg, lat, steps=1)
+    assert "replaced the attention override" in caplog.text
+    with pytest.raises(ValueError, match="no attention was captured"):
+        maps.result()
+    # an attn2 replacement hides its layer; the others are still captured
+    caplog.clear()
+    m3 = m.clone()
+    m3.set_model_attn2_replace(lambda q, k, v, extra: v.mean(1, keepdim=True).expand_as(q).contiguous(),
+                               "middle", 0, 0)
+    with caplog.at_level("WARNING", logger="attention_focus"):
+        _sample(fixtures, m3, pos, neg, lat, steps=1)
+    assert "('middle', 0, 0)" in caplog.text
+    assert "middle.0.0" not in maps.result().meta["layers"]
+    assert "input.1.0" in maps.result().meta["layers"]
