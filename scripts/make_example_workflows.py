@@ -87,34 +87,48 @@ PROMPT = "a photo of a cat wearing a red wizard hat, (sunset:1.2) sky"
 NEGATIVE = "blurry, low quality"
 
 
-def heatmaps() -> Graph:
-    g = Graph()
+def prompts(g: Graph) -> tuple[int, int, int, int]:
+    """Checkpoint loader, positive (with tokens) and negative prompts, empty latent; returns their ids."""
     ck = g.add("CheckpointLoaderSimple", [DEMO_CKPT], (0, 0))
     pos = g.add("AttentionFocusTextEncode", [PROMPT], (350, 0), "Positive prompt (with tokens)")
     neg = g.add("CLIPTextEncode", [NEGATIVE], (350, 220), "Negative prompt")
-    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean"], (350, 420))
     lat = g.add("EmptyLatentImage", [256, 256, 1], (350, 640))
-    ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (720, 0))
-    dec = g.add("VAEDecode", [], (1080, 0))
-    hm = g.add("AttentionFocusHeatmap", ["cat, red wizard hat, sunset", "turbo", 0.6, "per word",
-                                         "positive"], (1080, 160))
-    save = g.add("SaveImage", ["attention_focus/image"], (1440, 0))
-    save_grid = g.add("SaveImage", ["attention_focus/heatmap_grid"], (1440, 300), "Heat-map grid")
-    mask_img = g.add("MaskToImage", [], (1440, 600))
-    save_masks = g.add("SaveImage", ["attention_focus/masks"], (1800, 600), "Masks")
-    save_maps = g.add("AttentionFocusSaveMaps", ["attention_focus/maps", "positive"], (1080, 500))
     g.link(ck, 1, pos, "clip")
     g.link(ck, 1, neg, "clip")
-    g.link(ck, 0, cap, "model")
+    return ck, pos, neg, lat
+
+
+def captured_sampling(g: Graph, ids: tuple[int, int, int, int], model: tuple[int, int], y: int, title: str,
+                      heatmap: list) -> tuple[int, int, int]:
+    """Capture → KSampler → VAE Decode → Heatmap on ``model``; returns (capture, decode, heatmap) ids."""
+    ck, pos, neg, lat = ids
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean"], (720, y), title)
+    ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (1080, y))
+    dec = g.add("VAEDecode", [], (1440, y))
+    hm = g.add("AttentionFocusHeatmap", heatmap, (1440, y + 150))
+    g.link(*model, cap, "model")
     g.link(cap, 0, ks, "model")
     g.link(pos, 0, ks, "positive")
     g.link(neg, 0, ks, "negative")
     g.link(lat, 0, ks, "latent_image")
     g.link(ks, 0, dec, "samples")
     g.link(ck, 2, dec, "vae")
-    g.link(dec, 0, save, "images")
     g.link(cap, 1, hm, "attention_maps")
     g.link(dec, 0, hm, "image")
+    return cap, dec, hm
+
+
+def heatmaps() -> Graph:
+    g = Graph()
+    ids = prompts(g)
+    cap, dec, hm = captured_sampling(g, ids, (ids[0], 0), 0, "Attention Focus Capture",
+                                     ["cat, red wizard hat, sunset", "turbo", 0.6, "per word", "positive"])
+    save = g.add("SaveImage", ["attention_focus/image"], (1800, 0))
+    save_grid = g.add("SaveImage", ["attention_focus/heatmap_grid"], (1800, 300), "Heat-map grid")
+    mask_img = g.add("MaskToImage", [], (1800, 600))
+    save_masks = g.add("SaveImage", ["attention_focus/masks"], (2150, 600), "Masks")
+    save_maps = g.add("AttentionFocusSaveMaps", ["attention_focus/maps", "positive"], (1080, 500))
+    g.link(dec, 0, save, "images")
     g.link(hm, 1, save_grid, "images")
     g.link(hm, 2, mask_img, "mask")
     g.link(mask_img, 0, save_masks, "images")
@@ -126,42 +140,19 @@ def heatmaps() -> Graph:
 def reweight() -> Graph:
     """Same seed with and without reweighting; both images and both heat-map grids side by side."""
     g = Graph()
-    ck = g.add("CheckpointLoaderSimple", [DEMO_CKPT], (0, 0))
-    pos = g.add("AttentionFocusTextEncode", [PROMPT], (350, 0), "Positive prompt (with tokens)")
-    neg = g.add("CLIPTextEncode", [NEGATIVE], (350, 220), "Negative prompt")
-    lat = g.add("EmptyLatentImage", [256, 256, 1], (350, 420))
+    ids = prompts(g)
     rw = g.add("AttentionFocusReweight", ["red wizard hat:2.0, cat:0.5", "scale", "all", "positive", 0.0, 1.0],
                (0, 420), "Reweight: more hat, less cat")
-    words = "cat, red wizard hat, sunset"
-    grids = []
-    images = []
-    for row, model_src in enumerate([(ck, 0), (rw, 0)]):
-        y = 700 * row
-        cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean"], (720, y),
-                    "Capture (plain)" if row == 0 else "Capture (reweighted)")
-        ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (1080, y))
-        dec = g.add("VAEDecode", [], (1440, y))
-        hm = g.add("AttentionFocusHeatmap", [words, "turbo", 0.6, "shared", "positive"], (1440, y + 150))
-        g.link(*model_src, cap, "model")
-        g.link(cap, 0, ks, "model")
-        g.link(pos, 0, ks, "positive")
-        g.link(neg, 0, ks, "negative")
-        g.link(lat, 0, ks, "latent_image")
-        g.link(ks, 0, dec, "samples")
-        g.link(ck, 2, dec, "vae")
-        g.link(cap, 1, hm, "attention_maps")
-        g.link(dec, 0, hm, "image")
-        grids.append(hm)
-        images.append(dec)
-    g.link(ck, 1, pos, "clip")
-    g.link(ck, 1, neg, "clip")
-    g.link(ck, 0, rw, "model")
+    g.link(ids[0], 0, rw, "model")
+    heatmap = ["cat, red wizard hat, sunset", "turbo", 0.6, "shared", "positive"]
+    _, dec_a, hm_a = captured_sampling(g, ids, (ids[0], 0), 0, "Capture (plain)", heatmap)
+    _, dec_b, hm_b = captured_sampling(g, ids, (rw, 0), 700, "Capture (reweighted)", heatmap)
     both_img = g.add("ImageBatch", [], (1800, 0), "Images: plain | reweighted")
-    g.link(images[0], 0, both_img, "image1")
-    g.link(images[1], 0, both_img, "image2")
+    g.link(dec_a, 0, both_img, "image1")
+    g.link(dec_b, 0, both_img, "image2")
     both_grid = g.add("ImageBatch", [], (1800, 400), "Heat maps: plain | reweighted")
-    g.link(grids[0], 1, both_grid, "image1")
-    g.link(grids[1], 1, both_grid, "image2")
+    g.link(hm_a, 1, both_grid, "image1")
+    g.link(hm_b, 1, both_grid, "image2")
     s1 = g.add("SaveImage", ["attention_focus/reweight_images"], (2150, 0))
     s2 = g.add("SaveImage", ["attention_focus/reweight_heatmaps"], (2150, 400))
     g.link(both_img, 0, s1, "images")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,16 +23,9 @@ NODES = ["AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHea
 
 @pytest.fixture(scope="module")
 def server():
-    from harness.comfy_boot import comfyui_path
-    from harness.fixtures import sd15_checkpoint
-    from harness.server import ComfyServer
+    from harness.server import running_server
 
-    ckpt = sd15_checkpoint()
-    base = Path(tempfile.mkdtemp(prefix="af-ui-"))
-    (base / "models" / "checkpoints").mkdir(parents=True)
-    (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt)
-    with ComfyServer(base, comfyui_path(), python=sys.executable) as srv:
-        srv.ckpt = ckpt.name
+    with running_server("af-ui-") as srv:
         yield srv
 
 

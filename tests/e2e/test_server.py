@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,9 @@ NODES = ["AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHea
 
 @pytest.fixture(scope="module")
 def server():
-    from harness.comfy_boot import comfyui_path
-    from harness.fixtures import sd15_checkpoint
-    from harness.server import ComfyServer
+    from harness.server import running_server
 
-    ckpt = sd15_checkpoint()
-    base = Path(tempfile.mkdtemp(prefix="af-e2e-"))
-    (base / "models" / "checkpoints").mkdir(parents=True)
-    (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt)
-    with ComfyServer(base, comfyui_path(), python=sys.executable) as srv:
-        srv.ckpt = ckpt.name
+    with running_server("af-e2e-") as srv:
         yield srv
 
 

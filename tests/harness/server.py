@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,3 +122,18 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI died:\n{self.log()[-4000:]}")
             time.sleep(0.3)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+
+@contextlib.contextmanager
+def running_server(prefix: str) -> Iterator[ComfyServer]:
+    """A ComfyServer on a fresh base folder whose checkpoints hold the random SD1.5 fixture."""
+    from harness.comfy_boot import comfyui_path
+    from harness.fixtures import sd15_checkpoint
+
+    ckpt = sd15_checkpoint()
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt)
+    with ComfyServer(base, comfyui_path(), python=sys.executable) as srv:
+        srv.ckpt = ckpt.name
+        yield srv
