@@ -95,7 +95,15 @@ def boot() -> types.SimpleNamespace:
     import execution
     import nodes
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    import logging
+
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # ComfyUI's audio nodes need torchaudio, which tests do not use
+    try:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    finally:
+        root_logger.setLevel(level)
     pack = register_package()
     spec = importlib.util.spec_from_file_location(
         "attention_focus", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
