@@ -56,7 +56,10 @@ class Graph:
     def add(self, ntype: str, widgets: list, pos: tuple[int, int], title: str | None = None) -> int:
         nid = len(self.nodes) + 1
         node = {
-            "id": nid, "type": ntype, "pos": list(pos), "size": [300, 120], "flags": {}, "order": nid - 1,
+            "id": nid, "type": ntype, "pos": list(pos), "flags": {}, "order": nid - 1,
+            # room for the slots and widgets; a multiline text widget takes about four rows
+            "size": [320, 40 + 22 * max(len(INPUTS.get(ntype, [])), len(OUTPUTS[ntype]))
+                     + 26 * len(widgets) + (80 if ntype.endswith("TextEncode") else 0)],
             "mode": 0,
             "inputs": [{"name": n, "type": t, "link": None} for n, t in INPUTS.get(ntype, [])],
             "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
