@@ -13,6 +13,8 @@ import torch
 
 # at most this many fp32 logits are held at once per capture call (64 MiB)
 MAX_LOGITS = 16 * 1024 * 1024
+# use PyTorch's fused CPU attention kernel for row log-sum-exps (False: query-chunked logits)
+FUSED_LSE = True
 
 
 def to_bhld(x: torch.Tensor, heads: int, bhld: bool) -> torch.Tensor:
@@ -101,7 +103,7 @@ def weight_vector(weights: dict[int, float], length: int, device=None, dtype=tor
 
 
 def scale_value_rows(v: torch.Tensor, row_weights: torch.Tensor, bhld: bool = False) -> torch.Tensor:
-    """Multiply value rows (keys) by per-row weights: (B, Lk, C) × (B, Lk) or BHLD × (B, Lk).
+    """Multiply value rows (keys) by per-row weights: (B, Lk, C) or (B, Lk, H, D) or BHLD × (B, Lk).
 
     Scaling a key's value row by w equals scaling its post-softmax probability column by w without
     renormalising (out_i = Σ_j p_ij v_j), which is Prompt-to-Prompt's reweighting.
@@ -109,7 +111,7 @@ def scale_value_rows(v: torch.Tensor, row_weights: torch.Tensor, bhld: bool = Fa
     w = row_weights.to(v.dtype)
     if bhld:
         return v * w[:, None, :, None]
-    return v * w[:, :, None]
+    return v * w.reshape(*w.shape, *([1] * (v.ndim - 2)))  # (B, Lk, C) or SD3's (B, Lk, H, D)
 
 
 def log_weight_bias(row_weights: torch.Tensor) -> torch.Tensor:
@@ -117,3 +119,102 @@ def log_weight_bias(row_weights: torch.Tensor) -> torch.Tensor:
     if (row_weights <= 0).any():
         raise ValueError("renormalize mode needs weights > 0")
     return torch.log(row_weights.float())
+
+
+def _additive(mask: torch.Tensor | None, lq: int, s: int, e: int) -> torch.Tensor | None:
+    """The rows [s, e) of a mask as an additive fp32 (B|1, H|1, rows, Lk) tensor."""
+    if mask is None:
+        return None
+    m = mask
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    m = m[..., s:e, :] if m.shape[-2] == lq else m
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(~m, float("-inf"))
+    return m.float()
+
+
+def row_logsumexp(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """log Σ_j exp(q·k_j/√d + bias_j) for every query row: (B, H, Lq) fp32 from BHLD q/k.
+
+    On CPU PyTorch's fused flash-attention kernel returns this normaliser with its (discarded) output,
+    in tiles, multi-threaded and without materialising the logits; elsewhere, or if that kernel is
+    missing, the logits are computed in query chunks of at most ``MAX_LOGITS``.
+    """
+    qf, kf = q.float(), k.float()
+    b, h, lq, d = qf.shape
+    lk = kf.shape[2]
+    if FUSED_LSE and qf.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        try:
+            m = None if bias is None else bias.expand(b, h if bias.shape[1] != 1 else 1, lq, lk)
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qf, kf, kf, attn_mask=m)[1]
+        except (RuntimeError, TypeError):
+            pass
+    out = torch.empty(b, h, lq, dtype=torch.float32, device=q.device)
+    step = max(1, MAX_LOGITS // max(1, b * h * lk))
+    kt = kf.transpose(-1, -2)
+    for s in range(0, lq, step):
+        e = min(lq, s + step)
+        logits = torch.matmul(qf[:, :, s:e], kt) / math.sqrt(d)
+        if bias is not None:
+            logits = logits + (bias[..., s:e, :] if bias.shape[-2] == lq else bias)
+        out[:, :, s:e] = torch.logsumexp(logits, dim=-1)
+    return out
+
+
+def attention_probs_at(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    rows: slice,
+    cols: torch.Tensor,
+    *,
+    bhld: bool = False,
+    normalize: str = "all",
+    reduce: str = "mean",
+    mask: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Probabilities that query ``rows`` put on key ``cols``, reduced over heads: (B, n_rows, n_cols) fp32.
+
+    ``normalize="all"`` gives the exact softmax of the joint attention (denominator over every key,
+    as the model computes it): p = exp(q·k_j/√d − LSE) with the row's log-sum-exp over all keys
+    (``row_logsumexp``), so only the chosen columns' logits are ever formed and the full
+    (rows × keys) matrix never exists. ``normalize="text"`` renormalises over ``cols`` only.
+    ``mask`` (additive or boolean keep) broadcasts to (B, H, Lq, Lk) in full-query coordinates;
+    ``key_bias`` is an additive (B, Lk) bias.
+    """
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"head reduction must be 'mean' or 'max', not {reduce!r}")
+    if normalize not in ("all", "text"):
+        raise ValueError(f"normalize must be 'all' or 'text', not {normalize!r}")
+    qh = to_bhld(q, heads, bhld)
+    kh = to_bhld(k, heads, bhld)
+    b, h, lq, d = qh.shape
+    r0, r1, _ = rows.indices(lq)
+    cols = cols.to(device=q.device, dtype=torch.long)
+    n_cols = int(cols.numel())
+    scale = 1.0 / math.sqrt(d)
+    q_rows = qh[:, :, r0:r1]
+    full_bias = _additive(mask, lq, r0, r1)
+    if key_bias is not None:
+        kb = key_bias.float()[:, None, None, :]
+        full_bias = kb if full_bias is None else full_bias + kb
+    lse = row_logsumexp(q_rows, kh, full_bias) if normalize == "all" else None
+    kt = kh.index_select(2, cols).float().transpose(-1, -2)
+    col_bias = None if full_bias is None else full_bias.index_select(3, cols)
+    out = torch.empty(b, r1 - r0, n_cols, dtype=torch.float32, device=q.device)
+    step = max(1, MAX_LOGITS // max(1, b * h * n_cols))
+    for s in range(0, r1 - r0, step):
+        e = min(r1 - r0, s + step)
+        logits = torch.matmul(q_rows[:, :, s:e].float(), kt) * scale
+        if col_bias is not None:
+            logits = logits + (col_bias[..., s:e, :] if col_bias.shape[-2] == r1 - r0 else col_bias)
+        if lse is not None:
+            p = torch.exp(logits - lse[:, :, s:e, None])
+        else:
+            p = torch.softmax(logits, dim=-1)
+        out[:, s:e] = p.mean(1) if reduce == "mean" else p.amax(1)
+    return out

@@ -44,35 +44,45 @@ class CaptureStore:
 
     def __init__(self) -> None:
         self.sums: dict[tuple[str, LayerKey], torch.Tensor] = {}
+        self.members: dict[tuple[str, LayerKey], set[LayerKey]] = {}
         self.calls: dict[str, set[int]] = {}
         self.peak_bytes = 0
 
     def clear(self) -> None:
         self.sums.clear()
+        self.members.clear()
         self.calls.clear()
         self.peak_bytes = 0
 
-    def add(self, uid: str, layer: LayerKey, probs: torch.Tensor, hw: tuple[int, int], call_id: int) -> None:
-        """Add (batch, h·w, tokens) probabilities of one layer call to the running sum."""
+    def add(self, uid: str, layer: LayerKey, probs: torch.Tensor, hw: tuple[int, int], call_id: int,
+            merge_as: LayerKey | None = None) -> None:
+        """Add (batch, h·w, tokens) probabilities of one layer call to the running sum.
+
+        ``merge_as`` sums layers that share one grid (all blocks of a DiT) into a single accumulator,
+        so the store does not grow with the number of layers either.
+        """
         h, w = hw
         b, n, t = probs.shape
         if n != h * w:
             raise ValueError(f"{n} image tokens do not form the {h}x{w} grid of layer {layer.name()}")
         grid = probs.transpose(1, 2).reshape(b, t, h, w)
-        key = (uid, layer)
+        key = (uid, merge_as if merge_as is not None else layer)
         cur = self.sums.get(key)
         if cur is None or cur.shape != grid.shape:
             self.sums[key] = grid.clone()
+            self.members[key] = set()
             self.peak_bytes = max(self.peak_bytes, self.nbytes())
         else:
             cur.add_(grid)
+        self.members[key].add(layer)
         self.calls.setdefault(uid, set()).add(call_id)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.sums.values())
 
     def layers(self, uid: str) -> list[LayerKey]:
-        return sorted({k[1] for k in self.sums if k[0] == uid})
+        """The captured layers of a prompt (members of merged accumulators included)."""
+        return sorted({m for k, ms in self.members.items() if k[0] == uid for m in ms})
 
     def steps(self, uid: str) -> int:
         return len(self.calls.get(uid, ()))
@@ -82,7 +92,8 @@ class CaptureStore:
         parts = {k[1]: v for k, v in self.sums.items() if k[0] == uid}
         if not parts:
             raise ValueError("nothing was captured for this prompt")
-        return aggregate_layers(parts, latent_hw)
+        counts = {k[1]: max(1, len(self.members.get(k, ()))) for k in self.sums if k[0] == uid}
+        return aggregate_layers(parts, latent_hw, counts)
 
 
 def upsample_to_latent(grid: torch.Tensor, level: int, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -103,13 +114,19 @@ def upsample_to_latent(grid: torch.Tensor, level: int, latent_hw: tuple[int, int
     return up[..., :H, :W].clamp(min=0)
 
 
-def aggregate_layers(parts: dict[LayerKey, torch.Tensor], latent_hw: tuple[int, int]) -> torch.Tensor:
-    """Mean over layers of the upsampled, clamped per-layer sums → (B, T, H, W)."""
+def aggregate_layers(parts: dict[LayerKey, torch.Tensor], latent_hw: tuple[int, int],
+                     counts: dict[LayerKey, int] | None = None) -> torch.Tensor:
+    """Mean over layers of the upsampled, clamped per-layer sums → (B, T, H, W).
+
+    ``counts`` gives how many layers a merged accumulator holds (1 when absent).
+    """
     acc = None
+    total = 0
     for layer, grid in parts.items():
         up = upsample_to_latent(grid, layer.level, latent_hw)
         acc = up if acc is None else acc + up
-    return acc / len(parts)
+        total += (counts or {}).get(layer, 1)
+    return acc / total
 
 
 def word_maps(token_maps: torch.Tensor, groups: list[tuple[int, ...]]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 A layer is identified by ``(block, index, depth)`` plus its resolution ``level`` (0 = latent size,
 1 = half, ...). UNet blocks are ``input``/``middle``/``output`` (aliases ``down``/``mid``/``up``);
-DiT blocks are ``double``/``single`` (index = block number, depth 0).
+DiT blocks are ``double`` (two-stream joint blocks: SD3, Flux, AuraFlow, Qwen-Image, HiDream), ``single``
+(one-stream joint blocks: Flux, AuraFlow, HiDream, Lumina 2) or ``block`` (blocks with a separate
+cross-attention: Wan, HunyuanDiT); index = block number, depth 0, level 1 (the patch grid).
 
 Spec grammar (comma-separated items, whitespace ignored, case-insensitive)::
 
@@ -30,6 +32,7 @@ KIND_ALIASES = {
     "output": "output", "out": "output", "up": "output",
     "double": "double", "joint": "double",
     "single": "single",
+    "block": "block", "blocks": "block",
 }
 
 
@@ -67,7 +70,7 @@ class _Item:
 
 
 HELP = ("Layer spec: comma-separated items such as 'all', 'input', 'middle', 'output', 'output.3-5', "
-        "'input.7.0', 'L0', 'L1-2', 'double.0-9', 'single', and '!item' to exclude.")
+        "'input.7.0', 'L0', 'L1-2', 'double.0-9', 'single', 'block.2-5', and '!item' to exclude.")
 
 
 def _range(text: str, what: str, spec: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from . import comfy_patch as cp
 from .capture_store import AttentionMaps, MapSet, word_maps
 from .maps_file import MapsFileError, list_maps_files, load_maps, safe_output_path, save_maps
 from .render import COLORMAPS, apply_colormap, draw_caption, make_grid, normalize_maps, resize_maps
-from .token_table import TokenTable, WordNotFound, build_table, parse_targets, positional_table, resolve
+from .token_table import TokenTable, WordNotFound, parse_targets, positional_table, resolve, restrict_streams
 
 CATEGORY = "attention focus"
 ATTENTION_MAPS = "ATTENTION_MAPS"
@@ -19,15 +19,11 @@ MAPS_FORMAT = "attention-focus-maps"
 
 
 def tokens_for(clip, text: str) -> TokenTable:
-    """The token table of ``text`` for the encoder whose positions make up a UNet's context."""
-    tok = clip.tokenize(text, return_word_ids=True)
-    key = next((k for k in ("l", "g", "h") if k in tok), None) or next(iter(tok))
-    wrapper = clip.tokenizer
-    sd_tok = getattr(wrapper, f"clip_{key}", None) or getattr(wrapper, key, None)
-    inv = getattr(sd_tok, "inv_vocab", {}) or {}
-    specials = {t for t in (getattr(sd_tok, "start_token", None), getattr(sd_tok, "end_token", None),
-                            getattr(sd_tok, "pad_token", None)) if isinstance(t, int)}
-    return build_table(tok[key], inv, special_ids=specials, text=text, encoder=key)
+    """The token table of ``text``: one row per position of the conditioning ``clip`` produces, for every
+    text encoder layout (CLIP, T5, Qwen, Gemma, BERT/mT5, ...); positions when the layout is unknown."""
+    from .text_layout import context_tokens
+
+    return context_tokens(clip, text)[0]
 
 
 class AttentionFocusTextEncode:
@@ -51,8 +47,15 @@ class AttentionFocusTextEncode:
     def encode(self, clip, text: str):
         if clip is None:
             raise ValueError("clip input is empty: connect a CLIP (e.g. from Load Checkpoint)")
+        import logging
+
+        from .text_layout import context_tokens
+
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-        table = tokens_for(clip, text)
+        length = int(cond[0][0].shape[1]) if cond else None
+        table, note = context_tokens(clip, text, context_length=length)
+        if note:
+            logging.getLogger("attention_focus").warning("Attention Focus Text Encode: %s", note)
         return ([[t, {**d, cp.TOKENS_KEY: table}] for t, d in cond],)
 
 
@@ -63,8 +66,9 @@ _WINDOW = {
                               "tooltip": "End of the step window, as a fraction of the schedule (1 = last step)."}),
 }
 _LAYERS = ("STRING", {"default": "all", "tooltip":
-                      "Which cross-attention layers: 'all', 'input', 'middle', 'output', 'output.3-5', "
-                      "'input.7.0', levels 'L0' (finest) .. 'L3', '!item' excludes. Comma-separated."})
+                      "Which attention layers: 'all'. UNet: 'input', 'middle', 'output', 'output.3-5', "
+                      "'input.7.0', levels 'L0' (finest) .. 'L3'. DiT: 'double' / 'single' (joint blocks, "
+                      "e.g. 'double.0-9'), 'block.2-5' (Wan, HunyuanDiT). '!item' excludes. Comma-separated."})
 
 
 class AttentionFocusCapture:
@@ -80,6 +84,13 @@ class AttentionFocusCapture:
             **_WINDOW,
             "head_reduction": (["mean", "max"], {"default": "mean", "tooltip":
                                "How attention heads are combined per layer: mean (as DAAM) or max."}),
+        }, "optional": {
+            "dit_softmax": (["all keys", "text keys"], {"default": "all keys", "tooltip":
+                            "Diffusion Transformers (SD3, Flux, ...) attend to text and image tokens in one "
+                            "softmax. 'all keys' records the share the model really gives each word (exact; "
+                            "the text's total share is below 1). 'text keys' renormalises over the prompt's "
+                            "tokens only (cheaper, sharper contrast, what most DiT heat-map tools show). "
+                            "UNet models are unaffected."}),
         }}
 
     RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
@@ -92,8 +103,11 @@ class AttentionFocusCapture:
                    "image is unchanged.")
 
     def patch(self, model, layers: str, branch: str, start_percent: float, end_percent: float,
-              head_reduction: str):
-        m, maps = cp.add_capture(model, layers, branch, start_percent, end_percent, head_reduction)
+              head_reduction: str, dit_softmax: str = "all keys"):
+        softmax = {"all keys": "all", "text keys": "text"}.get(dit_softmax)
+        if softmax is None:
+            raise ValueError(f"dit_softmax must be 'all keys' or 'text keys', not {dit_softmax!r}")
+        m, maps = cp.add_capture(model, layers, branch, start_percent, end_percent, head_reduction, softmax)
         return (m, maps)
 
 
@@ -122,7 +136,7 @@ def _word_groups(table: TokenTable, words: str) -> tuple[list[str], list[tuple[i
             raise ValueError("these maps carry no token labels (the prompt was encoded with a stock "
                              "CLIPTextEncode): list token positions like '#1, #2', or connect the prompt "
                              "'text' and 'clip' inputs, or encode with Attention Focus Text Encode")
-        words_all = [w for w in table.words if not w.punctuation]
+        words_all = table.merged_words()
         if not words_all:
             raise ValueError("the prompt has no words to show: type the words to map")
         return [w.text for w in words_all], [w.positions for w in words_all]
@@ -155,6 +169,11 @@ class AttentionFocusHeatmap:
                 "text": ("STRING", {"forceInput": True, "tooltip":
                          "The prompt, to label maps captured from a stock CLIPTextEncode."}),
                 "clip": ("CLIP", {"tooltip": "The CLIP that encoded the prompt (with 'text')."}),
+                "text_stream": ("STRING", {"default": "all", "tooltip":
+                                "Models whose context holds the prompt twice (SD3: CLIP and T5; HunyuanDiT: "
+                                "BERT and mT5): 'all' merges each word's tokens from every stream into one "
+                                "map; a stream name ('clip_l', 'clip_g', 't5xxl', 'hydit_clip', 'mt5xl') "
+                                "shows that stream only."}),
             },
         }
 
@@ -168,9 +187,15 @@ class AttentionFocusHeatmap:
     DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
 
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
-               branch: str, text: str = "", clip=None):
+               branch: str, text: str = "", clip=None, text_stream: str = "all"):
         ms = _mapset(attention_maps, branch)
         table = _labels(ms, text or "", clip)
+        if text_stream.strip().lower() not in ("", "all"):
+            streams = table.streams()
+            if text_stream.strip() not in streams:
+                raise ValueError(f"text_stream {text_stream.strip()!r} is not in these maps' prompt; it has "
+                                 f"{', '.join(streams) or 'a single unnamed stream'}. Use 'all' or one of them")
+            table = restrict_streams(table, text_stream.strip())
         try:
             names, groups = _word_groups(table, words)
         except WordNotFound as e:

@@ -155,7 +155,7 @@ def test_unsupported_family_is_named(env):
         model_config = None
 
     mp.model = Holder()
-    with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL"):
+    with pytest.raises(ValueError, match=r"does not support the Holder model family \(Fake\).*Supported: SD1.x"):
         cp.add_capture(mp, "all", "positive", 0, 1, "mean")
 
 

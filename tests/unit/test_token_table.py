@@ -22,10 +22,14 @@ from attention_focus.nodes.token_table import (
     TokenTable,
     WordNotFound,
     build_table,
+    concat_tables,
     find_positions,
+    normalize_text,
     parse_targets,
+    piece_text,
     positional_table,
     resolve,
+    restrict_streams,
 )
 
 BOS, EOS = 49406, 49407
@@ -382,3 +386,191 @@ def test_byte_bpe_words():
     t = build_table([chunk], vocab, special_ids=(0,))
     assert t.word_texts(include_punctuation=True) == ["photorealistic", "wizard", ",", "hat"]
     assert t.rows[1].piece == "real" and t.rows[6].word_index == -1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several text encoders in one table (SD3: CLIP then T5)
+
+# CLIP-style block: BOS a cat and a cat , 2 1 hats EOS + EOS pads; words end with '</w>', digits split
+CLIP_VOCAB = {BOS: "<|startoftext|>", EOS: "<|endoftext|>", 1: "a</w>", 2: "cat</w>", 3: "and</w>", 4: ",</w>",
+              5: "2</w>", 6: "1</w>", 7: "hats</w>"}
+# T5-style block: '▁' starts words, the number stays whole, case kept, EOS then <pad>
+T5_VOCAB = {0: "<pad>", 1: "</s>", 10: "▁a", 11: "▁Cat", 12: "▁cat", 13: "▁and", 14: ",", 15: "▁21", 16: "▁hat",
+            17: "s"}
+
+
+def _sd3_like(clip_len: int = 16, t5_len: int = 14) -> TokenTable:
+    clip_ids = [1, 2, 3, 1, 2, 4, 5, 6, 7]  # a cat and a cat , 2 1 hats
+    c = [(BOS, 1.0, 0)] + [(i, 1.0, 1) for i in clip_ids] + [(EOS, 1.0, 0)]
+    c += [(EOS, 1.0, 0)] * (clip_len - len(c))
+    t5_ids = [10, 11, 13, 10, 12, 14, 15, 16, 17]  # a Cat and a cat , 21 hat s
+    t = [(i, 1.0, 1) for i in t5_ids] + [(1, 1.0, 0)]
+    t += [(0, 1.0, 0)] * (t5_len - len(t))
+    text = "a Cat and a cat, 21 hats"
+    clip = build_table([c], CLIP_VOCAB, special_ids=(BOS, EOS), text=text, encoder="l", stream="clip_l")
+    t5 = build_table([t], T5_VOCAB, special_ids=(0, 1), text=text, encoder="t5xxl", stream="t5xxl")
+    return concat_tables([clip, t5], encoder="l+t5xxl", text=text, meta={"layout": "sd3"})
+
+
+def test_concat_keeps_streams_and_shifts_positions():
+    t = _sd3_like()
+    assert len(t) == 30 and t.streams() == ["clip_l", "t5xxl"]
+    assert [r.pos for r in t.rows] == list(range(30))
+    assert {r.stream for r in t.rows[:16]} == {"clip_l"} and {r.stream for r in t.rows[16:]} == {"t5xxl"}
+    assert [r.chunk for r in t.rows[15:17]] == [0, 1]  # chunk numbers continue over the blocks
+    assert [w.index for w in t.words] == list(range(len(t.words)))
+    for w in t.words:
+        assert all(t.rows[p].word_index == w.index and t.rows[p].stream == w.stream for p in w.positions)
+    assert t.special_positions() == [0, 10, 11, 12, 13, 14, 15] + list(range(25, 30))
+    assert t.context_length() == 30 and t.meta == {"layout": "sd3"}
+
+
+def test_multi_stream_resolve_merges_streams():
+    t = _sd3_like()
+    # 'cat' is found in both streams, in CLIP's lower case and T5's 'Cat'
+    assert resolve(t, "cat") == (2, 5, 17, 20)
+    assert resolve(t, "CAT") == (2, 5, 17, 20)
+    assert find_positions(t, "cat") == [(2, 17), (5, 20)]
+    assert resolve(t, "cat, 21") == (5, 6, 7, 8, 20, 21, 22)
+    # CLIP's '2' '1' and T5's '21' are the same number; 'hats' is one CLIP piece and two T5 pieces
+    assert resolve(t, "21") == (7, 8, 22)
+    assert resolve(t, "hats") == (9, 23, 24)
+    # a phrase that ends inside a word of one stream is found only where word boundaries fit it
+    assert resolve(t, "1") == (8,)
+    assert resolve(t, "#16-17") == (16, 17)
+
+
+def test_multi_stream_occurrences_count_per_stream():
+    t = _sd3_like()
+    assert find_positions(t, "cat[1]") == [(2, 17)]
+    assert find_positions(t, "cat[2]") == [(5, 20)]
+    assert find_positions(t, "a cat[2]") == [(4, 5, 19, 20)]
+    with pytest.raises(WordNotFound, match=r"occurs 2 time\(s\) in the prompt \(counted per text encoder "
+                                           r"stream\); occurrence \[3\] does not exist"):
+        find_positions(t, "cat[3]")
+    assert find_positions(t, "cat[2]", stream="clip_l") == [(5,)]
+
+
+def test_stream_restriction():
+    t = _sd3_like()
+    assert resolve(t, "cat", stream="t5xxl") == (17, 20)
+    assert resolve(t, "cat", stream=["clip_l"]) == (2, 5)
+    assert resolve(t, "cat", stream=("clip_l", "t5xxl")) == resolve(t, "cat")
+    with pytest.raises(WordNotFound, match=r"'1' is not in the prompt \(in stream 't5xxl'\)"):
+        resolve(t, "1", stream="t5xxl")
+    with pytest.raises(ValueError, match="stream 'clip_g' is not in this token table; its streams are: clip_l, "
+                                         "t5xxl"):
+        resolve(t, "cat", stream="clip_g")
+    only = restrict_streams(t, "t5xxl")
+    assert len(only) == len(t) and [r.pos for r in only.rows] == [r.pos for r in t.rows]
+    assert {w.stream for w in only.words} == {"t5xxl"} and [w.index for w in only.words] == list(range(len(only.words)))
+    assert all(r.word_index == -1 for r in only.rows[:16])
+    assert all(only.words[r.word_index].positions.count(r.pos) == 1 for r in only.rows[16:] if r.word_index >= 0)
+    assert resolve(only, "cat") == (17, 20) and resolve(only, "#2") == (2,)
+    assert only.meta["streams"] == ["t5xxl"] and only.streams() == t.streams()
+    with pytest.raises(ValueError, match="its streams are: none"):
+        restrict_streams(positional_table(3), "t5xxl")
+
+
+def test_word_list_names_each_word_once():
+    t = _sd3_like()
+    # the stream with the fewest words (T5: '21' is one word) gives the list, with its case
+    assert t.word_texts() == ["a", "Cat", "and", "a", "cat", "21", "hats"]
+    assert t.word_list() == "a, Cat, and, cat, 21, hats"
+    merged = t.merged_words()
+    assert [w.positions for w in merged] == [(1, 16), (2, 17), (3, 18), (4, 19), (5, 20), (7, 8, 22), (9, 23, 24)]
+    assert [w.text for w in t.merged_words(include_punctuation=True)][5] == ","
+    # the message of an unknown word lists each word once too
+    with pytest.raises(WordNotFound, match=r"The prompt's words are: a, Cat, and, cat, 21, hats\."):
+        resolve(t, "dog")
+    # single-stream tables are unchanged
+    single = _sd3_like()
+    single = restrict_streams(single, "clip_l")
+    assert single.word_texts() == ["a", "cat", "and", "a", "cat", "2", "1", "hats"]
+
+
+def test_json_round_trip_with_streams():
+    t = _sd3_like()
+    t.meta["context_length"] = 16
+    back = TokenTable.from_json(json.loads(json.dumps(t.to_json())))
+    assert back.rows == t.rows and back.words == t.words and back.meta == t.meta
+    assert back.streams() == ["clip_l", "t5xxl"] and back.context_length() == 16
+    assert resolve(back, "cat[2]") == resolve(t, "cat[2]")
+    assert t.to_list()[0]["stream"] == "clip_l"
+
+
+def test_json_from_before_streams_loads(table):
+    t = table("repeat")
+    data = json.loads(json.dumps(t.to_json()))
+    for r in data["rows"]:
+        del r["stream"]
+    for w in data["words"]:
+        del w["stream"]
+    old = TokenTable.from_json(data)
+    assert [r.stream for r in old.rows] == [""] * len(t) and {w.stream for w in old.words} == {""}
+    assert old.streams() == [] and old.context_length() == len(t)
+    assert [(r.pos, r.piece, r.word_index, r.special) for r in old.rows] == \
+        [(r.pos, r.piece, r.word_index, r.special) for r in t.rows]
+    assert resolve(old, "hat[2]") == resolve(t, "hat[2]") and old.word_texts() == t.word_texts()
+    with pytest.raises(ValueError, match="none \\(the table has no stream names\\)"):
+        resolve(old, "hat", stream="clip_l")
+    # words saved without 'stream' take their rows' stream
+    named = _sd3_like().to_json()
+    for w in named["words"]:
+        del w["stream"]
+    assert TokenTable.from_json(named).words == _sd3_like().words
+
+
+# ---------------------------------------------------------------------------------------------------
+# Piece schemes, byte decoding, template positions
+
+
+def test_byte_level_pieces_decode_to_text():
+    # CLIP and Qwen write UTF-8 bytes as characters: 猫 = 'ç' 'Į' '«'
+    vocab = {1: "ç", 2: "Į", 3: "«</w>", 4: "cafÃ©</w>", BOS: "<s>", EOS: "</s>"}
+    chunk = [(BOS, 1.0, 0), (1, 1.0, 1), (2, 1.0, 1), (3, 1.0, 1), (4, 1.0, 1), (EOS, 1.0, 0)]
+    t = build_table([chunk], vocab, special_ids=(BOS, EOS))
+    assert t.word_texts() == ["猫", "café"] and resolve(t, "猫") == (1, 2, 3)
+    qwen = {1: "ĠcafÃ©", 2: "Ġç", 3: "Į", 4: "«", 5: "Ċ", 6: "new"}
+    t = build_table([[(i, 1.0, 1) for i in (1, 2, 3, 4, 5, 6)]], qwen, scheme="bytelevel")
+    assert t.word_texts() == ["café", "猫", "new"]  # a newline piece starts a word
+    assert resolve(t, "new") == (4, 5) and piece_text("Ġç", "bytelevel") == " "
+
+
+def test_sentencepiece_byte_fallback_and_wordpiece():
+    vocab = {0: "<pad>", 1: "</s>", 2: "▁", 3: "<0xE7>", 4: "<0x8C>", 5: "<0xAB>", 6: "▁cat"}
+    chunk = [(2, 1.0, 1), (3, 1.0, 1), (4, 1.0, 1), (5, 1.0, 1), (6, 1.0, 1), (1, 1.0, 0)]
+    t = build_table([chunk], vocab, special_ids=(0, 1), scheme="sentencepiece")
+    assert t.word_texts() == ["猫", "cat"] and resolve(t, "猫") == (0, 1, 2, 3)
+    bert = {101: "[CLS]", 102: "[SEP]", 0: "[PAD]", 1: "red", 2: "ca", 3: "##t", 4: "红", 5: "猫"}
+    chunk = [(101, 1.0, 0), (1, 1.0, 1), (2, 1.0, 1), (3, 1.0, 1), (4, 1.0, 1), (5, 1.0, 1), (102, 1.0, 0),
+             (0, 1.0, 0)]
+    t = build_table([chunk], bert, special_ids=(0, 101, 102), scheme="wordpiece")
+    assert t.word_texts() == ["red", "cat", "红", "猫"] and resolve(t, "cat") == (2, 3)
+    assert resolve(t, "红猫") == (4, 5)  # a phrase of one-character words
+    with pytest.raises(ValueError, match="unknown piece scheme"):
+        build_table([chunk], bert, scheme="bpe")
+
+
+def test_lone_word_start_marker_is_no_word():
+    # Pile-T5 ends a weighted segment with a lone '▁': it forms no word and never starts a match
+    vocab = {1: "</s>", 2: "▁red", 3: "▁", 4: "▁c", 5: "afé"}
+    chunk = [(2, 1.0, 1), (3, 1.0, 1), (4, 1.0, 2), (5, 1.0, 2), (1, 1.0, 0)]
+    t = build_table([chunk], vocab, special_ids=(1,))
+    assert t.word_texts() == ["red", "café"] and t.word_texts(include_punctuation=True) == ["red", "", "café"]
+    assert find_positions(t, "café") == [(2, 3)]
+    assert find_positions(t, "red café") == [(0, 1, 2, 3)]
+
+
+def test_special_positions_mark_template_tokens():
+    vocab = {1: "<|im_start|>", 2: "user", 3: "Ċ", 4: "a", 5: "Ġcat", 6: "<|im_end|>"}
+    chunk = [(i, 1.0, 1) for i in (1, 2, 3, 4, 5, 6, 3)]
+    t = build_table([chunk], vocab, special_ids=(1, 6), special_positions={1, 2, 6}, stream="qwen3_4b")
+    assert t.special_positions() == [0, 1, 2, 5, 6] and t.word_texts() == ["a", "cat"]
+    assert all(r.stream == "qwen3_4b" for r in t.rows) and t.streams() == ["qwen3_4b"]
+
+
+def test_normalize_text():
+    assert normalize_text(" Photo-Realistic\n") == "photo-realistic"
+    assert normalize_text("ＣＡＴ") == "cat"  # full-width letters (NFKC)
+    assert normalize_text("Straße") == "strasse"  # case folding

@@ -1,0 +1,130 @@
+"""Benchmark on Diffusion Transformers: sampling time with capture / reweight ÷ without, and memory.
+
+    source scripts/setup_env.sh && $AF_PYTHON bench/bench_dit.py [--steps 2] [--rounds 3] [--only flux]
+
+One process, same model, rounds interleaved, best round kept. Cases:
+- ``flux@512``: the smallest Flux.1 that ComfyUI's loader detects (hidden 3072 = 24 heads × 128, one
+  double block, no single block; detection forces the width), T5-length context of 256 tokens,
+  64×64 latent (512² image) → 1024 image + 256 text tokens in the joint attention.
+- ``sd3@512``: SD3-Medium topology (hidden 1536 = 24 heads × 64, CLIP 77 + T5 77 = 154 text tokens,
+  64×64 latent → 1024 image tokens) with 4 joint blocks instead of 24 unless ``--full``
+  (per-block cost ratios do not depend on the depth).
+Random weights (timings do not depend on them). CPU timings; ``--device cuda`` on a GPU machine.
+Capture variants: ``all keys`` (exact joint softmax: log-sum-exp over all keys, query-chunked) and
+``text keys`` (softmax over the prompt's tokens only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def build(family: str, full: bool, device):
+    import comfy.model_base as mb
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    import torch
+
+    if family == "flux":
+        cfg = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                   hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=0,
+                   axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
+        mc = sm.Flux(cfg)
+        mc.set_inference_dtype(torch.float32, None)
+        model = mb.Flux(mc, device=device)
+    else:
+        cfg = dict(in_channels=16, out_channels=16, patch_size=2, depth=24, num_blocks=24 if full else 4,
+                   input_size=None, adm_in_channels=2048, pos_embed_max_size=192, num_patches=192 * 192,
+                   pos_embed_scaling_factor=None,
+                   context_embedder_config={"target": "torch.nn.Linear",
+                                            "params": {"in_features": 4096, "out_features": 1536}})
+        mc = sm.SD3(cfg)
+        mc.set_inference_dtype(torch.float32, None)
+        model = mb.SD3(mc, device=device)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def conds(family: str, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    if family == "flux":
+        return [[torch.randn(1, 256, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g),
+                                                          "guidance": 3.5}]]
+    return [[torch.randn(1, 154, 4096, generator=g), {"pooled_output": torch.randn(1, 2048, generator=g)}]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="SD3-Medium's full 24 blocks (slow on CPU)")
+    ap.add_argument("--only", choices=["flux", "sd3"], default=None)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from harness.comfy_boot import boot
+
+    boot()
+    import comfy.sample
+    import torch
+
+    from attention_focus.nodes import attention_math as am
+    from attention_focus.nodes import comfy_patch as cp
+
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "
+          f"rounds {args.rounds} (best kept)")
+    for family in ("flux", "sd3"):
+        if args.only and family != args.only:
+            continue
+        mp = build(family, args.full, device)
+        pos, neg = conds(family, 1), conds(family, 2)
+        lat = torch.zeros(1, 16, 64, 64)
+        noise = comfy.sample.prepare_noise(lat, 0)
+        variants = {"baseline": mp}
+        capm, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", "all")
+        variants["capture (all keys)"] = capm
+        capt, maps_t = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", "text")
+        variants["capture (text keys)"] = capt
+        variants["reweight scale"] = cp.add_reweight(mp, [("#3", 2.0)], "scale", "all", "positive", 0, 1)
+        variants["reweight renormalize"] = cp.add_reweight(mp, [("#3", 2.0)], "renormalize", "all",
+                                                           "positive", 0, 1)
+        best = {k: float("inf") for k in variants}
+        outs = {}
+        for _ in range(args.rounds):
+            for name, m in variants.items():
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    outs[name] = comfy.sample.sample(m, noise, args.steps, 3.5, "euler", "simple", pos, neg,
+                                                     lat, seed=0, disable_pbar=True)
+                best[name] = min(best[name], time.perf_counter() - t)
+        assert torch.equal(outs["baseline"], outs["capture (all keys)"]), "capture changed the output"
+        res = maps.result("positive")
+        n_txt = pos[0][0].shape[1]
+        print(f"\n{family}@512: latent 64x64, {len(res.meta['layers'])} joint layers, "
+              f"{n_txt} text + 1024 image tokens")
+        for name, t in best.items():
+            print(f"  {name:22s} {t:8.2f} s   ratio {t / best['baseline']:.3f}x")
+        heads = 24
+        lk = n_txt + 1024
+        print(f"  capture store: {maps.store.nbytes() / 2**20:.2f} MiB (formula 4·B·T·h·w = "
+              f"{4 * n_txt * 32 * 32 / 2**20:.2f} MiB: one accumulator for all layers, independent of steps)")
+        print(f"  transient per call: ≤ {am.MAX_LOGITS * 4 / 2**20:.0f} MiB of logits (query chunks) + "
+              f"4·B·n_img·T = {4 * 1024 * n_txt / 2**20:.2f} MiB; the full joint matrix would be "
+              f"4·B·H·L² = {4 * heads * lk * lk / 2**20:.0f} MiB per layer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Token tables that line up with the conditioning tensor of every text encoder layout ComfyUI 0.3.75 has.
+
+``context_tokens(clip, text)`` tokenizes ``text`` the way ComfyUI's ``CLIPTextEncode`` does and returns a
+``TokenTable`` with exactly one row per position of ``clip.encode_from_tokens_scheduled(...)[0][0]``, in
+the same order, plus a note ("" when fine). The layout of that tensor depends on the model family; it is
+recognised by the keys ``clip.tokenize`` returns (and, where the loaded encoders matter, by
+``clip.cond_stage_model``):
+
+====================  ============================  ====================================================
+tokenize keys         family                        conditioning positions
+====================  ============================  ====================================================
+l / g / h / g+l       SD1.x, SD2.x, SDXL, Cascade   CLIP 77·k (SDXL: L and G features side by side)
+l+t5xxl               Flux.1                        T5 only, max(256, n+1) (CLIP-L gives the pooled vector)
+g+l+t5xxl             SD3 / SD3.5                   CLIP-L|G 77·k, then T5 ≥ 77; a block is absent when
+                                                    its encoders are not loaded
+g+l+t5xxl+llama       HiDream                       T5 128 (first chunk); Llama 3 goes to
+                                                    ``conditioning_llama3`` (length in meta)
+t5xxl                 Chroma, PixArt, Cosmos, ...   T5 as tokenized (Chroma: no padding)
+pile_t5xl             AuraFlow                      Pile-T5 ≥ 256
+umt5xxl               Wan 2.x                       UMT5 ≥ 512
+qwen25_7b (+byt5)     Qwen-Image, HunyuanImage      chat template; starts after ``<|im_start|>user\\n``
+                                                    (the encoder drops the system part), ends with the
+                                                    template suffix
+qwen3_4b / qwen25_3b  Z-Image / OmniGen2            whole chat template
+gemma2_2b / gemma3_4b Lumina 2 / NewBie             BOS + the text; a system prompt before
+                                                    ``<Prompt Start>`` is template
+hydit_clip+mt5xl      HunyuanDiT                    BERT ≥ 77 is the context; mT5 ≥ 256 is
+                                                    ``conditioning_mt5xl``: the table holds both, BERT
+                                                    first, and ``meta["context_length"]`` the BERT length
+mistral3_24b          Flux.2                        whole template (the model left-pads it to 512 later)
+====================  ============================  ====================================================
+
+Template text (system prompts, role headers), BOS, EOS and padding are ``special`` rows. Each row names
+its ``stream`` (``clip_l``, ``clip_g``, ``clip_h``, ``t5xxl``, ``pile_t5xl``, ``umt5xxl``, ``qwen25_7b``,
+``qwen3_4b``, ``gemma2_2b``, ``hydit_clip``, ``mt5xl``, ...). For SD3 and SDXL the CLIP positions carry
+L and G features; their stream is ``clip_l`` (``clip_g`` when only G is loaded).
+
+When no table can be built that matches the context length (an unknown encoder, a length that disagrees,
+image tokens in the prompt), the result is ``positional_table`` plus a note saying why the labels are
+positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .token_table import (
+    TokenTable,
+    build_table,
+    concat_tables,
+    normalize_text,
+    piece_text,
+    positional_table,
+)
+
+# Qwen2 chat-template ids that ComfyUI's QwenImageTEModel looks for (qwen_image.py, encode_token_weights)
+_QWEN_IM_START, _QWEN_USER, _QWEN_NEWLINE = 151644, 872, 198
+_MISTRAL_MARKERS = {"[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"}
+_LUMINA_MARKER = "<Prompt Start>"
+
+
+class LayoutUnknown(Exception):
+    """No token layout can be given for this clip/text; the message says why."""
+
+
+@dataclass
+class Block:
+    """Consecutive positions of the conditioning that come from one tokenizer output."""
+
+    stream: str
+    key: str  # key of clip.tokenize's dict
+    chunks: list
+    tokenizer: Any  # the SDTokenizer of that key
+    cond: str = "c_crossattn"  # which model input the positions feed
+    cut: int = 0  # leading token positions the encoder drops (Qwen-Image's template prefix)
+    template: str = ""  # "chatml", "mistral", "lumina": which tokens are template text
+
+
+@dataclass
+class Layout:
+    name: str
+    blocks: list[Block]
+    meta: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+
+
+def context_tokens(clip, text: str, context_length: int | None = None) -> tuple[TokenTable, str]:
+    """The token table of ``text`` for ``clip``'s conditioning, and a note ("" when the labels are words).
+
+    ``context_length``: the conditioning's length if known (``cond[0][0].shape[1]``); the table is then
+    checked against it. Without it, a known layout is trusted; for an unknown one the prompt is encoded
+    once to learn the length of the positional table.
+    """
+    tokens = clip.tokenize(text, return_word_ids=True)
+    try:
+        layout = describe_layout(tokens, clip.tokenizer, getattr(clip, "cond_stage_model", None))
+        table = _layout_table(layout, text)
+    except LayoutUnknown as e:
+        note = f"token labels are positions: {e}"
+        table = None
+    if table is not None:
+        n = table.context_length()
+        if context_length is None or n == context_length:
+            return table, ""
+        note = (f"token labels are positions: the {layout.name} token layout gives {n} positions but the "
+                f"conditioning has {context_length}")
+    length = context_length if context_length is not None else _encoded_length(clip, text)
+    pos = positional_table(length)
+    pos.text = text
+    pos.meta["note"] = note
+    return pos, note
+
+
+def describe_layout(tokens: Mapping[str, list], wrapper: Any, model: Any = None) -> Layout:
+    """Which tokenizer outputs make up the conditioning, in order (see the module table).
+
+    ``tokens``: ``clip.tokenize(text, return_word_ids=True)``; ``wrapper``: ``clip.tokenizer``;
+    ``model``: ``clip.cond_stage_model`` (None: assume every encoder of the family is loaded).
+    Raises LayoutUnknown.
+    """
+    keys = frozenset(tokens)
+    for key, chunks in tokens.items():
+        for chunk in chunks:
+            for entry in chunk:
+                if isinstance(entry[0], Mapping):
+                    raise LayoutUnknown(f"the {key} tokens hold {entry[0].get('type', 'non-text')} inputs, "
+                                        "whose length in the conditioning depends on the encoder")
+
+    def block(key: str, **kw) -> Block:
+        sub = getattr(wrapper, key, None) or getattr(wrapper, f"clip_{key}", None)
+        if sub is None:
+            raise LayoutUnknown(f"the tokenizer has no sub-tokenizer for {key!r}")
+        return Block(_stream_name(key), key, list(tokens[key]), sub, **kw)
+
+    if keys and keys <= {"l", "g", "h"}:
+        # SD1 'l', SD2 'h', SDXL 'g'+'l' (features side by side, cut to the shorter), refiner/Cascade 'g'
+        order = [k for k in ("l", "g", "h") if k in keys]
+        loaded = [k for k in order if _loaded(model, f"clip_{k}")]
+        b = block((loaded or order)[0])
+        b.chunks = b.chunks[: min(len(tokens[k]) for k in (loaded or order))]
+        return Layout("clip", [b], {})
+    if keys == {"l", "t5xxl"}:
+        return Layout("flux", [block("t5xxl")], {})
+    if keys == {"g", "l", "t5xxl"}:
+        blocks = []
+        has_l, has_g = _loaded(model, "clip_l"), _loaded(model, "clip_g")
+        if (tokens["g"] or tokens["l"]) and (has_l or has_g):
+            b = block("l" if has_l else "g")
+            b.chunks = b.chunks[: min(len(tokens[k]) for k, on in (("l", has_l), ("g", has_g)) if on)]
+            blocks.append(b)
+        if _loaded(model, "t5xxl"):
+            blocks.append(block("t5xxl"))
+        if not blocks:
+            raise LayoutUnknown("this SD3 text encoder has neither CLIP nor T5 loaded (the conditioning is zeros)")
+        return Layout("sd3", blocks, {})
+    if keys == {"g", "l", "t5xxl", "llama"}:
+        if not _loaded(model, "t5xxl"):
+            raise LayoutUnknown("this HiDream text encoder has no T5 loaded (the context is 128 zero rows)")
+        meta = {}
+        if _loaded(model, "llama"):
+            # HiDreamTEModel's ll_out[:, 1:] drops the first hidden layer, not a token: all tokens stay
+            meta["conditioning_llama3_length"] = sum(len(c) for c in tokens["llama"])
+        return Layout("hidream", [block("t5xxl")], meta)
+    if keys == {"hydit_clip", "mt5xl"}:
+        return Layout("hunyuan_dit", [block("hydit_clip"), block("mt5xl", cond="conditioning_mt5xl")], {})
+    if keys in ({"qwen25_7b"}, {"qwen25_7b", "byt5"}):
+        b = block("qwen25_7b", template="chatml")
+        hunyuan = _named(model, "HunyuanImageTEModel") or _named(wrapper, "HunyuanImageTokenizer")
+        b.cut = _qwen_template_end([_as_id(e[0]) for c in b.chunks for e in c], hunyuan)
+        return Layout("qwen_image", [b], {})
+    if len(keys) == 1:
+        (key,) = keys
+        simple = {"t5xxl": "t5", "pile_t5xl": "auraflow", "umt5xxl": "wan"}
+        if key in simple:
+            return Layout(simple[key], [block(key)], {})
+        if key in ("qwen3_4b", "qwen25_3b"):
+            return Layout("z_image" if key == "qwen3_4b" else "omnigen2", [block(key, template="chatml")], {})
+        if key in ("gemma2_2b", "gemma3_4b"):
+            return Layout("lumina2", [block(key, template="lumina")], {})
+        if key == "mistral3_24b":
+            return Layout("flux2", [block(key, template="mistral")], {"model_left_pads_to": 512})
+    raise LayoutUnknown(f"no token layout is known for this text encoder (tokenizer keys: {', '.join(sorted(keys))})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building
+
+
+def _layout_table(layout: Layout, text: str) -> TokenTable:
+    parts: list[TokenTable] = []
+    info = []
+    start = 0
+    for b in layout.blocks:
+        t = _block_table(b, text)
+        info.append({"stream": b.stream, "key": b.key, "cond": b.cond, "start": start, "length": len(t)})
+        start += len(t)
+        parts.append(t)
+    context = sum(i["length"] for i in info if i["cond"] == "c_crossattn")
+    encoder = "+".join(b.key for b in layout.blocks)
+    meta = {"layout": layout.name, "context_length": context, "blocks": info, **layout.meta}
+    return concat_tables(parts, encoder=encoder, text=text, meta=meta)
+
+
+def _block_table(b: Block, text: str) -> TokenTable:
+    sub = b.tokenizer
+    inv = getattr(sub, "inv_vocab", None) or {}
+    chunks = _effective_chunks(b.chunks, sub)
+    ids = [_as_id(e[0]) for c in chunks for e in c]
+    scheme = _scheme(sub, inv)
+    specials = _special_ids(sub, ids)
+    marks: set[int] = set()
+    if b.template == "chatml":
+        marks = _chatml_template(ids, inv, specials, scheme)
+    elif b.template == "mistral":
+        marks = _mistral_template(ids, inv)
+    elif b.template == "lumina":
+        marks = _prefix_through(ids, inv, specials, scheme, _LUMINA_MARKER)
+    if b.cut:
+        chunks = _drop_leading(chunks, b.cut)
+        marks = {m - b.cut for m in marks if m >= b.cut}
+    return build_table(chunks, inv, special_ids=specials, text=text, encoder=b.key, stream=b.stream,
+                       special_positions=marks, scheme=scheme)
+
+
+def _stream_name(key: str) -> str:
+    return f"clip_{key}" if key in ("l", "g", "h") else key
+
+
+def _loaded(model: Any, attr: str) -> bool:
+    """Whether ``model`` has encoder ``attr`` (SD3 and HiDream set missing encoders to None); without a
+    model every encoder counts as loaded."""
+    return model is None or getattr(model, attr, None) is not None
+
+
+def _named(obj: Any, name: str) -> bool:
+    return obj is not None and any(c.__name__ == name for c in type(obj).__mro__)
+
+
+def _as_id(tok: Any) -> int | None:
+    if isinstance(tok, int):
+        return tok
+    if hasattr(tok, "ndim") and tok.ndim == 0:
+        return int(tok)
+    return None
+
+
+def _effective_chunks(chunks: Sequence[Sequence[tuple]], sub: Any) -> list[list[tuple]]:
+    """The chunks as the encoder sees them: an embedding vector of the wrong width is dropped by
+    ``SDClipModel.process_tokens`` and a pad position is appended to its chunk instead."""
+    size = getattr(sub, "embedding_size", None)
+    pad = getattr(sub, "pad_token", 0)
+    out = []
+    for c in chunks:
+        keep = [e for e in c if not (_as_id(e[0]) is None and size and e[0].shape[-1] != size)]
+        out.append(keep + [(pad, 1.0, 0)] * (len(c) - len(keep)))
+    return out
+
+
+def _drop_leading(chunks: list[list[tuple]], n: int) -> list[list[tuple]]:
+    out = []
+    for c in chunks:
+        take = min(n, len(c))
+        n -= take
+        if c[take:]:
+            out.append(c[take:])
+    return out
+
+
+def _scheme(sub: Any, inv: Mapping[int, str]) -> str:
+    cls = type(getattr(sub, "tokenizer", None)).__name__
+    if cls.startswith("Bert"):
+        return "wordpiece"
+    if cls in ("SPieceTokenizer", "T5TokenizerFast", "T5Tokenizer"):
+        return "sentencepiece"
+    sample = [str(inv.get(i, "")) for i in range(min(len(inv), 2000))]
+    if any(p.startswith("Ġ") or p.endswith("</w>") for p in sample):
+        return "bytelevel"
+    if any(p.startswith("▁") for p in sample):
+        return "sentencepiece"
+    return "plain"
+
+
+def _special_ids(sub: Any, ids: Sequence[int | None]) -> set[int]:
+    """Ids that are never prompt text: BOS/EOS and the tokenizer's declared special/control tokens.
+
+    The unknown token is left out (it stands for real text), and so is a padding id that is an ordinary
+    piece (CLIP-G pads with '!', which the prompt may contain; pads are special by their segment 0).
+    """
+    hf = getattr(sub, "tokenizer", None)
+    out: set[int] = set()
+    unk = getattr(hf, "unk_token_id", None)
+    try:
+        out.update(int(i) for i in getattr(hf, "all_special_ids", None) or ())
+    except (TypeError, ValueError):
+        pass
+    added = getattr(hf, "added_tokens_decoder", None)
+    if isinstance(added, Mapping):
+        out.update(int(i) for i, t in added.items() if getattr(t, "special", False))
+    sp = getattr(hf, "tokenizer", None)  # comfy's SPieceTokenizer wraps a SentencePieceProcessor
+    if sp is not None and hasattr(sp, "is_control"):
+        size = sp.get_piece_size()
+        out.update(i for i in set(ids) if i is not None and 0 <= i < size and sp.is_control(i))
+        unk = sp.unk_id()
+    out.discard(unk)
+    out.update(t for t in (getattr(sub, "start_token", None), getattr(sub, "end_token", None)) if isinstance(t, int))
+    return out
+
+
+def _texts(ids: Sequence[int | None], inv: Mapping[int, str], scheme: str) -> list[str]:
+    return [piece_text(str(inv.get(i, "")), scheme) if i is not None else "" for i in ids]
+
+
+def _chatml_template(ids: Sequence[int | None], inv: Mapping[int, str], specials: set[int],
+                     scheme: str) -> set[int]:
+    """Positions of chat-template text: ``<|im_start|>role\\n`` headers, ``<|im_end|>`` and the newline
+    after it, special tokens, and the content of every block whose role is not ``user``."""
+    pieces = [str(inv.get(i, "")) if i is not None else "" for i in ids]
+    texts = _texts(ids, inv, scheme)
+    marks: set[int] = set()
+    role: str | None = None  # None: outside any block (plain text counts as the user's)
+    i, n = 0, len(ids)
+    while i < n:
+        if pieces[i] == "<|im_start|>":
+            j = i + 1
+            while j < n and j <= i + 8 and "\n" not in texts[j]:
+                j += 1
+            if j < n and "\n" in texts[j]:
+                marks.update(range(i, j + 1))
+                role = "".join(texts[i + 1: j]).strip().lower()
+                i = j + 1
+            else:
+                marks.add(i)
+                role = ""
+                i += 1
+            continue
+        if pieces[i] == "<|im_end|>":
+            marks.add(i)
+            role = None
+            if i + 1 < n and texts[i + 1] and not texts[i + 1].strip():
+                marks.add(i + 1)
+                i += 1
+        elif (ids[i] is not None and ids[i] in specials) or (role is not None and role != "user"):
+            marks.add(i)
+        i += 1
+    return marks
+
+
+def _mistral_template(ids: Sequence[int | None], inv: Mapping[int, str]) -> set[int]:
+    """Positions of Mistral's ``[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`` block and ``[INST]`` markers."""
+    marks: set[int] = set()
+    in_system = False
+    for i, t in enumerate(ids):
+        piece = str(inv.get(t, "")) if t is not None else ""
+        if piece == "[SYSTEM_PROMPT]":
+            in_system = True
+        if in_system or piece in _MISTRAL_MARKERS:
+            marks.add(i)
+        if piece == "[/SYSTEM_PROMPT]":
+            in_system = False
+    return marks
+
+
+def _prefix_through(ids: Sequence[int | None], inv: Mapping[int, str], specials: set[int], scheme: str,
+                    marker: str) -> set[int]:
+    """Positions from the start through the token that ends ``marker`` (Lumina's system prompt and its
+    ``<Prompt Start>``); empty when the text has no marker."""
+    chars: list[str] = []
+    owner: list[int] = []
+    for i, t in enumerate(_texts(ids, inv, scheme)):
+        if ids[i] is None or ids[i] in specials:
+            continue
+        norm = normalize_text(t)
+        chars.append(norm)
+        owner.extend([i] * len(norm))
+    target = normalize_text(marker)
+    k = "".join(chars).find(target)
+    if k < 0:
+        return set()
+    return set(range(owner[k + len(target) - 1] + 1))
+
+
+def _qwen_template_end(ids: Sequence[int | None], hunyuan_image: bool = False) -> int:
+    """How many leading positions ComfyUI's QwenImageTEModel drops (it keeps ``out[:, template_end:]``).
+
+    Same rule as the encoder: the second ``<|im_start|>`` (or the only one), moved past ``user\\n`` when
+    those follow; HunyuanImage's refiner prompts (starting with '<', id 27, longer than 36) drop 36.
+    """
+    n = len(ids)
+    if hunyuan_image and n > 36 and ids[0] == 27:
+        end = 36
+    else:
+        end, seen = -1, 0
+        for i, t in enumerate(ids):
+            if t == _QWEN_IM_START and seen < 2:
+                end, seen = i, seen + 1
+        if n > end + 3 and ids[end + 1] == _QWEN_USER and ids[end + 2] == _QWEN_NEWLINE:
+            end += 3
+    return end if end >= 0 else max(n + end, 0)  # -1 keeps only the last position, as out[:, -1:] does
+
+
+def _encoded_length(clip, text: str) -> int:
+    import torch
+
+    with torch.no_grad():
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return int(cond[0][0].shape[1])
+

@@ -1,0 +1,353 @@
+"""Capture and reweighting on every supported DiT family: real ComfyUI model classes (tiny, random
+weights) wrapped in a ModelPatcher and sampled by ComfyUI's own sampler.
+
+The reference maps are computed independently: a recording override (no Attention Focus code) keeps
+q/k of every attention call; this file's own table of token layouts (text first or image first,
+register tokens, reference-image tokens, padded captions, separate cross-attention) says which calls
+are image→text and where the prompt's keys are; float64 softmax over all keys gives the expected sums.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+FAMILIES = ("sd3", "sd35", "flux", "flux_kontext", "chroma", "auraflow", "qwen_image", "lumina2", "wan21",
+            "hidream", "hunyuan_dit")
+LATENT = (9, 7)  # odd on purpose: circular padding to a 5×4 patch grid must be cropped away
+
+
+@pytest.fixture(scope="module")
+def env(comfy):
+    from harness import dit_fixtures as dfx
+
+    from attention_focus.nodes import comfy_patch as cp
+
+    return dfx, cp
+
+
+def _sample(dfx, m, pos, neg, lat, steps=2, cfg=2.0, seed=1):
+    from harness import fixtures
+
+    with torch.inference_mode():
+        return fixtures.sample(m, pos, neg, lat, seed=seed, steps=steps, cfg=cfg)
+
+
+class Recorder:
+    """Records q/k (float64, BHLD) of every attention call it sees, with the chunk's branch."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options: stay one recorder
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        q, k = args[0], args[1]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        to = kwargs.get("transformer_options") or {}
+        if kwargs.get("skip_reshape", False):
+            qh, kh = q, k
+        else:
+            b, lq, c = q.shape
+            qh = q.view(b, lq, heads, c // heads).transpose(1, 2)
+            kh = k.view(b, k.shape[1], heads, c // heads).transpose(1, 2)
+        self.calls.append({"q": qh.detach().double().clone(), "k": kh.detach().double().clone(),
+                           "cou": list(to.get("cond_or_uncond", [])), "sigma": float(to["sigmas"][0])})
+        return func(*args, **kwargs)
+
+
+def _layout(family, cond, mp, latent_hw):
+    """This test's own statement of each family's token layout: (order, n_text, n_img, n_extra, key map)."""
+    n_img = math.ceil(latent_hw[0] / 2) * math.ceil(latent_hw[1] / 2)
+    ctx, extra = cond[0][0], cond[0][1]
+    n_ctx = ctx.shape[1]
+    dm = mp.model.diffusion_model
+    if family == "auraflow":  # 8 learned registers before the prompt
+        r = dm.register_tokens.shape[1]
+        return "txt", r + n_ctx, n_img, 0, [(r + i, i) for i in range(n_ctx)]
+    if family == "lumina2":  # caption padded to a multiple of pad_tokens_multiple, image padded likewise
+        mult = dm.pad_tokens_multiple or 1
+        n_text = -(-n_ctx // mult) * mult
+        return "txt", n_text, n_img, (-n_img) % mult, [(i, i) for i in range(n_ctx)]
+    if family == "flux_kontext":  # reference latents appended after the target image tokens
+        n_ref = sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in extra["reference_latents"])
+        return "txt", n_ctx, n_img, n_ref, [(i, i) for i in range(n_ctx)]
+    if family == "hidream":  # [image, T5, last Llama layer, this block's Llama layer]; maps over T5
+        n_ll = extra["conditioning_llama3"].shape[2]
+        return "img", n_ctx + 2 * n_ll, n_img, 0, [(i, i) for i in range(n_ctx)]
+    if family == "hunyuan_dit":  # cross-attention to [BERT 77, mT5]
+        n_t5 = extra["conditioning_mt5xl"].shape[1]
+        return "cross", n_ctx + n_t5, n_img, 0, [(i, i) for i in range(n_ctx + n_t5)]
+    if family == "wan21":
+        return "cross", n_ctx, n_img, 0, [(i, i) for i in range(n_ctx)]
+    return "txt", n_ctx, n_img, 0, [(i, i) for i in range(n_ctx)]
+
+
+def _expected_sum(rec, layout, prompt_len, normalize="all"):
+    """Σ over image→text calls of the positive branch: (n_img, prompt_len) float64 mean-over-heads probs."""
+    order, n_text, n_img, n_extra, keymap = layout
+    acc = torch.zeros(n_img, prompt_len, dtype=torch.float64)
+    n = 0
+    seen_sigmas = set()
+    for c in rec.calls:
+        if 0 not in c["cou"]:
+            continue
+        lq, lk = c["q"].shape[2], c["k"].shape[2]
+        if order == "cross":
+            if not (lq == n_img and lk == n_text):
+                continue
+            rows, base = slice(0, n_img), 0
+        elif lq == lk == n_text + n_img + n_extra:
+            rows, base = (slice(n_text, n_text + n_img), 0) if order == "txt" else (slice(0, n_img), n_img)
+        else:
+            continue
+        chunk = c["q"].shape[0] // len(c["cou"])
+        i = c["cou"].index(0) * chunk  # first image of the positive chunk
+        q, k = c["q"][i], c["k"][i]
+        logits = q[:, rows] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        cols = torch.tensor([base + kk for kk, _ in keymap])
+        if normalize == "all":
+            p = torch.softmax(logits, -1)[..., cols]
+        else:
+            p = torch.softmax(logits[..., cols], -1)
+        p = p.mean(0)
+        for j, (_, pos) in enumerate(keymap):
+            acc[:, pos] += p[:, j]
+        n += 1
+        seen_sigmas.add(c["sigma"])
+    return acc, n, len(seen_sigmas)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_matches_an_independent_float64_softmax(env, family):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher(family)
+    pos = dfx.dit_conditioning(family, mp, seed=1)
+    neg = dfx.dit_conditioning(family, mp, seed=2, length=None)
+    lat = dfx.dit_latent(family, *LATENT)
+    base = _sample(dfx, mp, pos, neg, lat)
+
+    rec = Recorder()
+    inner = mp.clone()
+    inner.model_options["transformer_options"]["optimized_attention_override"] = rec
+    m, maps = cp.add_capture(inner, "all", "positive", 0.0, 1.0, "mean")
+    out = _sample(dfx, m, pos, neg, lat)
+    assert torch.equal(out, base), "capture changed the generated latent"
+
+    layout = _layout(family, pos, mp, LATENT)
+    res = maps.result("positive")
+    prompt_len = res.maps.shape[1]
+    exp, n_calls, steps = _expected_sum(rec, layout, prompt_len)
+    n_layers = len(res.meta["layers"])
+    assert n_calls == n_layers * steps and steps == 2, (n_calls, n_layers, steps)
+    assert n_layers == len(cp.model_layers(mp))
+    assert res.maps.shape == (1, prompt_len, *LATENT)
+    assert res.meta["model_family"] == cp.model_family(mp)
+
+    (uid,) = {k[0] for k in maps.store.sums if maps.prompts[k[0]].branch == "positive"}
+    (got,) = [v for k, v in maps.store.sums.items() if k[0] == uid]
+    got = got[0].reshape(prompt_len, -1).T.double()  # (n_img, prompt_len)
+    torch.testing.assert_close(got, exp, atol=2e-5, rtol=1e-4)
+    if layout[0] != "cross":
+        assert float(got.sum(1).max()) < n_calls  # joint: the image keys take part of every row
+    assert torch.isfinite(res.maps).all() and float(res.maps.min()) >= 0
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "auraflow"])
+def test_text_keys_softmax_option(env, family):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher(family)
+    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
+    lat = dfx.dit_latent(family, *LATENT)
+    rec = Recorder()
+    inner = mp.clone()
+    inner.model_options["transformer_options"]["optimized_attention_override"] = rec
+    m, maps = cp.add_capture(inner, "all", "positive", 0.0, 1.0, "mean", "text")
+    _sample(dfx, m, pos, neg, lat)
+    res = maps.result("positive")
+    prompt_len = res.maps.shape[1]
+    exp, n_calls, _ = _expected_sum(rec, _layout(family, pos, mp, LATENT), prompt_len, normalize="text")
+    (got,) = [v for k, v in maps.store.sums.items() if maps.prompts[k[0]].branch == "positive"]
+    got = got[0].reshape(prompt_len, -1).T.double()
+    torch.testing.assert_close(got, exp, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got.sum(1), torch.full((got.shape[0],), float(n_calls), dtype=torch.float64))
+
+
+def test_layer_selection_per_family(env):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher("flux")
+    names = [k.name() for k in cp.model_layers(mp)]
+    assert names[0] == "double.0.0" and any(n.startswith("single.") for n in names)
+    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
+    lat = dfx.dit_latent("flux", *LATENT)
+    m, maps = cp.add_capture(mp, "single, !single.0", "positive", 0.0, 1.0, "mean")
+    _sample(dfx, m, pos, neg, lat)
+    got = maps.result().meta["layers"]
+    assert got and all(n.startswith("single.") for n in got) and "single.0.0" not in got
+    with pytest.raises(ValueError, match="selects no cross-attention layer.*double.0.0"):
+        cp.add_capture(mp, "input", "positive", 0.0, 1.0, "mean")
+    wan = dfx.tiny_dit_patcher("wan21")
+    assert {k.block for k in cp.model_layers(wan)} == {"block"}
+
+
+class OldComfyCalls:
+    """Mimics ComfyUI 0.3.64 inside the attention call: no block ids in transformer_options and, for
+    Qwen-Image, flattened (B, L, H·D) tensors without skip_reshape. Chains to the override below it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        to = dict(kwargs["transformer_options"])
+        for key in ("block_type", "block_index", "total_blocks"):
+            to.pop(key, None)
+        kwargs = {**kwargs, "transformer_options": to}
+        if kwargs.get("skip_reshape"):
+            q, k, v = args[:3]
+            heads = args[3] if len(args) > 3 else kwargs.get("heads")
+            flat = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1) for t in (q, k, v)]
+            kwargs = {kk: vv for kk, vv in kwargs.items() if kk != "skip_reshape"}
+            args = (*flat, heads, *args[4:])
+        return self.inner(func, *args, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_old_call_conventions_give_the_same_maps(env, family):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher(family)
+    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
+    lat = dfx.dit_latent(family, *LATENT)
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    _sample(dfx, m, pos, neg, lat)
+    new = maps.result().maps.clone()
+    old = m.clone()
+    to = old.model_options["transformer_options"]
+    to["optimized_attention_override"] = OldComfyCalls(to["optimized_attention_override"])
+    _sample(dfx, old, pos, neg, lat)
+    res = maps.result()
+    assert res.meta["layers"] == [k.name() for k in cp.model_layers(mp)]
+    torch.testing.assert_close(res.maps, new, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# reweighting
+
+
+class OutputRecorder:
+    """Outermost override: records the arguments it is given and the output the chain returns."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        out = self.inner(func, *args, **kwargs)
+        to = kwargs.get("transformer_options") or {}
+        self.calls.append({"args": [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args],
+                           "kwargs": {k: v for k, v in kwargs.items() if k != "transformer_options"},
+                           "cou": list(to.get("cond_or_uncond", [])), "out": out.detach().clone()})
+        return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reweight_all_ones_is_bit_identical_and_a_weight_changes_the_image(env, family):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher(family)
+    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
+    lat = dfx.dit_latent(family, *LATENT)
+    base = _sample(dfx, mp, pos, neg, lat)
+    ones = cp.add_reweight(mp, [("#2", 1.0), ("#3", 1.0)], "scale", "all", "positive", 0.0, 1.0)
+    assert torch.equal(_sample(dfx, ones, pos, neg, lat), base)
+    for mode in ("scale", "renormalize"):
+        m = cp.add_reweight(mp, [("#2", 4.0)], mode, "all", "positive", 0.0, 1.0)
+        out = _sample(dfx, m, pos, neg, lat)
+        assert torch.isfinite(out).all()
+        assert (out - base).abs().max() > 1e-4, mode
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "hidream", "wan21"])
+def test_scale_matches_an_explicit_reference_on_a_real_joint_layer(env, family):
+    """P2P semantics: image queries' post-softmax probability on the chosen prompt token × w, no
+    renormalisation; text queries unchanged."""
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher(family)
+    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
+    lat = dfx.dit_latent(family, *LATENT)
+    w = 3.0
+    m = cp.add_reweight(mp, [("#2", w)], "scale", "all", "positive", 0.0, 1.0)
+    to = m.model_options["transformer_options"]
+    rec = OutputRecorder(to["optimized_attention_override"])
+    to["optimized_attention_override"] = rec
+    _sample(dfx, m, pos, neg, lat, steps=1)
+    order, n_text, n_img, n_extra, keymap = _layout(family, pos, mp, LATENT)
+    checked = 0
+    for c in rec.calls:
+        q, k, v = c["args"][:3]
+        heads = c["args"][3] if len(c["args"]) > 3 else c["kwargs"]["heads"]
+        bhld = c["kwargs"].get("skip_reshape", False)
+        if not bhld:
+            b, _, cc = q.shape
+            q, k, v = (t.view(b, t.shape[1], heads, cc // heads).transpose(1, 2) for t in (q, k, v))
+        lq, lk = q.shape[2], k.shape[2]
+        if order == "cross":
+            if not (lq == n_img and lk == n_text):
+                continue
+            rows, base = slice(0, n_img), 0
+        elif lq == lk == n_text + n_img + n_extra:
+            rows, base = (slice(n_text, n_text + n_img), 0) if order == "txt" else (slice(0, n_img), n_img)
+        else:
+            continue
+        q, k, v = q.double(), k.double(), v.double()
+        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
+        if 0 in c["cou"]:
+            chunk = q.shape[0] // len(c["cou"])
+            b0 = c["cou"].index(0) * chunk
+            cols = torch.tensor([base + kk for kk, pp in keymap if pp == 2])
+            sub = p[b0:b0 + chunk, :, rows]
+            sub[..., cols] *= w
+            p[b0:b0 + chunk, :, rows] = sub
+        ref = p @ v  # B, H, Lq, D
+        out = c["out"].double()
+        if not c["kwargs"].get("skip_output_reshape", False):
+            out = out.view(out.shape[0], out.shape[1], heads, -1).transpose(1, 2)
+        torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-3)
+        checked += 0 in c["cou"]
+    assert checked == len(cp.model_layers(mp))
+
+
+def test_renormalize_raises_the_share_of_the_weighted_token(env):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher("flux")
+    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
+    lat = dfx.dit_latent("flux", *LATENT)
+    shares = []
+    for w in (1.0, 3.0):
+        rw = cp.add_reweight(mp, [("#2", w)], "renormalize", "all", "positive", 0.0, 1.0)
+        m, maps = cp.add_capture(rw, "all", "positive", 0.0, 1.0, "mean")
+        _sample(dfx, m, pos, neg, lat, steps=1)
+        shares.append(float(maps.result().maps[0, 2].mean()))
+    assert shares[1] > shares[0] * 1.5
+
+
+def test_unsupported_family_and_mismatched_conditioning(env, comfy):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher("flux")
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    from harness import fixtures
+
+    sd_cond = fixtures.random_conditioning("sd15", seed=3)  # 768-wide CLIP-L context, made for SD1.5
+    ctx_dim = cp.expected_context_dim(mp.model.diffusion_model, cp.model_spec(mp))
+    if sd_cond[0][0].shape[-1] == ctx_dim:
+        pytest.skip("fixture context width equals CLIP-L's")
+    sd_cond[0][1]["guidance"] = 3.5
+    with pytest.raises(ValueError, match=r"has 768 features per token but this Flux model expects"):
+        _sample(dfx, m, sd_cond, sd_cond, dfx.dit_latent("flux", *LATENT), steps=1)
