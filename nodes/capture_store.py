@@ -198,6 +198,7 @@ class AttentionMaps:
             "levels": [k.level for k in layers],
             "branch": branch,
             "head_reduction": self.settings.get("head_reduction", "mean"),
+            "softmax": self.settings.get("softmax", "cross"),
             "store_bytes": self.store.nbytes(),
         }
         return MapSet(maps, info.tokens, meta)

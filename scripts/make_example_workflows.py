@@ -30,6 +30,11 @@ OUTPUTS = {
     "PreviewImage": [],
     "AttentionFocusSaveMaps": [],
     "ImageBatch": [("IMAGE", "IMAGE")],
+    "UNETLoader": [("MODEL", "MODEL")],
+    "DualCLIPLoader": [("CLIP", "CLIP")],
+    "VAELoader": [("VAE", "VAE")],
+    "EmptySD3LatentImage": [("LATENT", "LATENT")],
+    "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
 }
 INPUTS = {
     "AttentionFocusTextEncode": [("clip", "CLIP")],
@@ -45,6 +50,8 @@ INPUTS = {
     "PreviewImage": [("images", "IMAGE")],
     "AttentionFocusSaveMaps": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
     "ImageBatch": [("image1", "IMAGE"), ("image2", "IMAGE")],
+    "DualCLIPLoader": [],
+    "FluxGuidance": [("conditioning", "CONDITIONING")],
 }
 
 
@@ -105,7 +112,7 @@ def captured_sampling(g: Graph, ids: tuple[int, int, int, int], model: tuple[int
                       heatmap: list) -> tuple[int, int, int]:
     """Capture → KSampler → VAE Decode → Heatmap on ``model``; returns (capture, decode, heatmap) ids."""
     ck, pos, neg, lat = ids
-    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean"], (720, y), title)
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, y), title)
     ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (1080, y))
     dec = g.add("VAEDecode", [], (1440, y))
     hm = g.add("AttentionFocusHeatmap", heatmap, (1440, y + 150))
@@ -125,7 +132,7 @@ def heatmaps() -> Graph:
     g = Graph()
     ids = prompts(g)
     cap, dec, hm = captured_sampling(g, ids, (ids[0], 0), 0, "Attention Focus Capture",
-                                     ["cat, red wizard hat, sunset", "turbo", 0.6, "per word", "positive"])
+                                     ["cat, red wizard hat, sunset", "turbo", 0.6, "per word", "positive", "all"])
     save = g.add("SaveImage", ["attention_focus/image"], (1800, 0))
     save_grid = g.add("SaveImage", ["attention_focus/heatmap_grid"], (1800, 300), "Heat-map grid")
     mask_img = g.add("MaskToImage", [], (1800, 600))
@@ -147,7 +154,7 @@ def reweight() -> Graph:
     rw = g.add("AttentionFocusReweight", ["red wizard hat:2.0, cat:0.5", "scale", "all", "positive", 0.0, 1.0],
                (0, 420), "Reweight: more hat, less cat")
     g.link(ids[0], 0, rw, "model")
-    heatmap = ["cat, red wizard hat, sunset", "turbo", 0.6, "shared", "positive"]
+    heatmap = ["cat, red wizard hat, sunset", "turbo", 0.6, "shared", "positive", "all"]
     _, dec_a, hm_a = captured_sampling(g, ids, (ids[0], 0), 0, "Capture (plain)", heatmap)
     _, dec_b, hm_b = captured_sampling(g, ids, (rw, 0), 700, "Capture (reweighted)", heatmap)
     both_img = g.add("ImageBatch", [], (1800, 0), "Images: plain | reweighted")
@@ -163,10 +170,53 @@ def reweight() -> Graph:
     return g
 
 
+def flux() -> Graph:
+    """Flux.1 (stock file names of the Flux.1-dev release): capture with the exact joint softmax, a
+    reweight, heat maps and masks. The same nodes serve SD3, Chroma, Qwen-Image, Wan and the rest."""
+    g = Graph()
+    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], (0, 0))
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], (0, 160))
+    vae = g.add("VAELoader", ["ae.safetensors"], (0, 360))
+    pos = g.add("AttentionFocusTextEncode", [PROMPT.replace("(sunset:1.2)", "sunset")], (350, 0),
+                "Prompt (T5 tokens labelled)")
+    guide = g.add("FluxGuidance", [3.5], (350, 260))
+    neg = g.add("CLIPTextEncode", [""], (350, 400), "Negative (unused at cfg 1)")
+    lat = g.add("EmptySD3LatentImage", [1024, 1024, 1], (350, 640))
+    rw = g.add("AttentionFocusReweight", ["red wizard hat:1.5", "scale", "all", "positive", 0.0, 0.6],
+               (720, 0), "Reweight: more hat in the first 60 % of steps")
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, 300))
+    ks = g.add("KSampler", [42, "fixed", 20, 1.0, "euler", "simple", 1.0], (1080, 0))
+    dec = g.add("VAEDecode", [], (1440, 0))
+    hm = g.add("AttentionFocusHeatmap", ["cat, red wizard hat, sunset", "turbo", 0.6, "per word", "positive",
+                                         "all"], (1440, 150))
+    save = g.add("SaveImage", ["attention_focus/flux_image"], (1800, 0))
+    save_grid = g.add("SaveImage", ["attention_focus/flux_heatmap_grid"], (1800, 300), "Heat-map grid")
+    save_maps = g.add("AttentionFocusSaveMaps", ["attention_focus/flux_maps", "positive"], (1080, 500))
+    g.link(clip, 0, pos, "clip")
+    g.link(clip, 0, neg, "clip")
+    g.link(pos, 0, guide, "conditioning")
+    g.link(unet, 0, rw, "model")
+    g.link(rw, 0, cap, "model")
+    g.link(cap, 0, ks, "model")
+    g.link(guide, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples")
+    g.link(vae, 0, dec, "vae")
+    g.link(cap, 1, hm, "attention_maps")
+    g.link(dec, 0, hm, "image")
+    g.link(dec, 0, save, "images")
+    g.link(hm, 1, save_grid, "images")
+    g.link(cap, 1, save_maps, "attention_maps")
+    g.link(dec, 0, save_maps, "image")
+    return g
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     heatmaps().dump(OUT / "attention_focus_heatmaps.json")
     reweight().dump(OUT / "attention_focus_reweight.json")
+    flux().dump(OUT / "attention_focus_flux.json")
 
 
 if __name__ == "__main__":

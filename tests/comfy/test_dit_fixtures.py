@@ -13,6 +13,16 @@ from harness.dit_fixtures import DIT_FAMILIES
 H, W = 9, 7  # odd latent: every family pads to the 2x2 patch grid (5 x 4 image tokens)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """This module runs torch single-threaded (restored afterwards): the tiny models' small ops gain nothing from
+    a second thread, and when another process shares the 2 cores OpenMP stalls made 2 threads ~8x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def dx(comfy):
     from harness import dit_fixtures

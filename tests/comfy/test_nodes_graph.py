@@ -249,3 +249,38 @@ def test_stock_text_encode_captures_label_by_position_or_by_given_text(comfy, lo
     # "cat" is token 2 and "sofa" token 6 of "<bos> a cat on a red sofa"
     assert torch.allclose(by_pos[0], by_text[0])
     assert not torch.allclose(by_pos[1], by_text[1])
+
+
+def test_heatmap_merges_text_streams_or_shows_one(comfy):
+    """SD3-style maps (CLIP block then T5 block): a word's mask merges its tokens of both streams by default;
+    text_stream shows one; an unknown stream is an error naming the streams."""
+    import sys
+
+    from attention_focus.nodes.capture_store import AttentionMaps, MapSet
+    from attention_focus.nodes.render import normalize_maps, resize_maps
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from test_token_table import _sd3_like
+
+    table = _sd3_like()
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(1, len(table), 4, 6, generator=g)
+    handle = AttentionMaps(mapset=MapSet(maps, table, {"latent_size": [4, 6]}))
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["AttentionFocusHeatmap"]()
+    image = torch.zeros(1, 32, 48, 3)
+    clip_pos = [r.pos for r in table.rows if r.stream == "clip_l" and r.piece.startswith("cat")]
+    t5_pos = [r.pos for r in table.rows if r.stream == "t5xxl" and r.piece.lower() == "▁cat"]
+    assert len(clip_pos) == 2 and len(t5_pos) == 2
+
+    def mask(stream):
+        return node.render(handle, image, "cat", "gray", 1.0, "per word", "positive",
+                           text_stream=stream)["result"][2]
+
+    def expect(pos):
+        return normalize_maps(resize_maps(maps[:, pos].mean(1), (32, 48)), "per word")
+
+    torch.testing.assert_close(mask("all"), expect(clip_pos + t5_pos))
+    torch.testing.assert_close(mask("t5xxl"), expect(t5_pos))
+    torch.testing.assert_close(mask("clip_l"), expect(clip_pos))
+    with pytest.raises(ValueError, match="'clip_g' is not in these maps' prompt; it has clip_l, t5xxl"):
+        mask("clip_g")

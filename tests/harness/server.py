@@ -125,15 +125,23 @@ class ComfyServer:
 
 
 @contextlib.contextmanager
-def running_server(prefix: str) -> Iterator[ComfyServer]:
-    """A ComfyServer on a fresh base folder whose checkpoints hold the random SD1.5 fixture."""
+def running_server(prefix: str, models: dict[str, list[Path]] | None = None) -> Iterator[ComfyServer]:
+    """A ComfyServer on a fresh base folder whose checkpoints hold the random SD1.5 fixture.
+
+    ``models`` links more files into model folders: ``{"diffusion_models": [path], ...}``.
+    """
     from harness.comfy_boot import comfyui_path
     from harness.fixtures import sd15_checkpoint
 
     ckpt = sd15_checkpoint()
     base = Path(tempfile.mkdtemp(prefix=prefix))
-    (base / "models" / "checkpoints").mkdir(parents=True)
-    (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt)
+    links = {"checkpoints": [ckpt]}
+    for folder, paths in (models or {}).items():
+        links.setdefault(folder, []).extend(paths)
+    for folder, paths in links.items():
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            (base / "models" / folder / path.name).symlink_to(path)
     with ComfyServer(base, comfyui_path(), python=sys.executable) as srv:
         srv.ckpt = ckpt.name
         yield srv

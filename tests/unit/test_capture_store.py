@@ -197,6 +197,7 @@ def test_result_happy_path():
         "levels": [0, 1],
         "branch": "positive",
         "head_reduction": "max",
+        "softmax": "cross",  # UNet cross-attention (DiT captures say "all" or "text")
         "store_bytes": 4 * 6 * (13 * 9 + 7 * 5) + 2 * 4 * 6 * 13 * 9,
     }
     assert am.result("negative").meta["branch"] == "negative"
@@ -222,3 +223,19 @@ def test_loaded_handle_returns_its_mapset():
     ms = MapSet(torch.zeros(1, 3, 4, 4), positional_table(3), {"branch": "positive"})
     am = AttentionMaps(mapset=ms)
     assert am.result() is ms and am.result("negative") is ms
+
+
+def test_merged_layers_share_one_accumulator_and_aggregate_as_their_mean():
+    """DiT blocks share one patch grid: one running sum for all of them, aggregate = mean over layers."""
+    d0, d1, s0 = (LayerKey("double", 0, 0, 1), LayerKey("double", 1, 0, 1), LayerKey("single", 0, 0, 1))
+    merged, separate = CaptureStore(), CaptureStore()
+    probs = {k: _probs(1, 5, 4, 6, seed=i) for i, k in enumerate((d0, d1, s0))}
+    for step in range(3):
+        for k, p in probs.items():
+            merged.add("u", k, p, (5, 4), step, merge_as=LayerKey("dit", 0, 0, 1))
+            separate.add("u", k, p, (5, 4), step)
+    assert len(merged.sums) == 1 and merged.nbytes() == 4 * 6 * 5 * 4
+    assert merged.layers("u") == sorted([d0, d1, s0]) and merged.steps("u") == 3
+    total = sum(separate.sums[("u", k)] for k in probs)
+    expected = F.interpolate(total, size=(10, 8), mode="bicubic", align_corners=False)[..., :9, :7].clamp(min=0) / 3
+    torch.testing.assert_close(merged.aggregate("u", (9, 7)), expected, atol=1e-6, rtol=1e-5)
