@@ -59,9 +59,9 @@ class Recorder:
         return func(*args, **kwargs)
 
 
-def _layout(family, cond, mp, latent_hw):
+def _layout(family, cond, mp, latent_hw, frames=1):
     """This test's own statement of each family's token layout: (order, n_text, n_img, n_extra, key map)."""
-    n_img = math.ceil(latent_hw[0] / 2) * math.ceil(latent_hw[1] / 2)
+    n_img = frames * math.ceil(latent_hw[0] / 2) * math.ceil(latent_hw[1] / 2)
     ctx, extra = cond[0][0], cond[0][1]
     n_ctx = ctx.shape[1]
     dm = mp.model.diffusion_model
@@ -86,8 +86,9 @@ def _layout(family, cond, mp, latent_hw):
     return "txt", n_ctx, n_img, 0, [(i, i) for i in range(n_ctx)]
 
 
-def _expected_sum(rec, layout, prompt_len, normalize="all"):
-    """Σ over image→text calls of the positive branch: (n_img, prompt_len) float64 mean-over-heads probs."""
+def _expected_sum(rec, layout, prompt_len, normalize="all", frames=1):
+    """Σ over image→text calls of the positive branch: (n_img, prompt_len) float64 mean-over-heads probs
+    (for a video: per patch, the mean over frames)."""
     order, n_text, n_img, n_extra, keymap = layout
     acc = torch.zeros(n_img, prompt_len, dtype=torch.float64)
     n = 0
@@ -118,16 +119,27 @@ def _expected_sum(rec, layout, prompt_len, normalize="all"):
             acc[:, pos] += p[:, j]
         n += 1
         seen_sigmas.add(c["sigma"])
+    if frames > 1:
+        acc = acc.reshape(frames, n_img // frames, prompt_len).mean(0)
     return acc, n, len(seen_sigmas)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_capture_matches_an_independent_float64_softmax(env, family):
+VARIANTS = [(f, {}, 1) for f in FAMILIES] + [
+    ("lumina2", {"pad_tokens_multiple": 32}, 1),  # Z-Image style: caption and image padded to 32
+    ("wan21", {}, 3),  # a 3-frame video: maps are the mean over frames
+]
+
+
+@pytest.mark.parametrize("family,overrides,frames", VARIANTS,
+                         ids=[f + ("-pad32" if o else "") + (f"-{t}frames" if t > 1 else "") for f, o, t in VARIANTS])
+def test_capture_matches_an_independent_float64_softmax(env, family, overrides, frames):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher(family)
+    mp = dfx.tiny_dit_patcher(family, **overrides)
     pos = dfx.dit_conditioning(family, mp, seed=1)
     neg = dfx.dit_conditioning(family, mp, seed=2, length=None)
     lat = dfx.dit_latent(family, *LATENT)
+    if frames > 1:
+        lat = lat.repeat(1, 1, frames, 1, 1)
     base = _sample(dfx, mp, pos, neg, lat)
 
     rec = Recorder()
@@ -137,10 +149,10 @@ def test_capture_matches_an_independent_float64_softmax(env, family):
     out = _sample(dfx, m, pos, neg, lat)
     assert torch.equal(out, base), "capture changed the generated latent"
 
-    layout = _layout(family, pos, mp, LATENT)
+    layout = _layout(family, pos, mp, LATENT, frames)
     res = maps.result("positive")
     prompt_len = res.maps.shape[1]
-    exp, n_calls, steps = _expected_sum(rec, layout, prompt_len)
+    exp, n_calls, steps = _expected_sum(rec, layout, prompt_len, frames=frames)
     n_layers = len(res.meta["layers"])
     assert n_calls == n_layers * steps and steps == 2, (n_calls, n_layers, steps)
     assert n_layers == len(cp.model_layers(mp))
