@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def build(family: str, full: bool, device):
@@ -75,6 +75,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from harness.comfy_boot import boot
+    from timing import best_times, print_ratios
 
     boot()
     import comfy.sample
@@ -101,22 +102,19 @@ def main() -> None:
         variants["reweight scale"] = cp.add_reweight(mp, [("#3", 2.0)], "scale", "all", "positive", 0, 1)
         variants["reweight renormalize"] = cp.add_reweight(mp, [("#3", 2.0)], "renormalize", "all",
                                                            "positive", 0, 1)
-        best = {k: float("inf") for k in variants}
-        outs = {}
-        for _ in range(args.rounds):
-            for name, m in variants.items():
-                t = time.perf_counter()
-                with torch.inference_mode():
-                    outs[name] = comfy.sample.sample(m, noise, args.steps, 3.5, "euler", "simple", pos, neg,
-                                                     lat, seed=0, disable_pbar=True)
-                best[name] = min(best[name], time.perf_counter() - t)
+
+        def run(m, noise=noise, pos=pos, neg=neg, lat=lat):
+            with torch.inference_mode():
+                return comfy.sample.sample(m, noise, args.steps, 3.5, "euler", "simple", pos, neg, lat, seed=0,
+                                           disable_pbar=True)
+
+        best, outs = best_times(variants, run, args.rounds)
         assert torch.equal(outs["baseline"], outs["capture (all keys)"]), "capture changed the output"
         res = maps.result("positive")
         n_txt = pos[0][0].shape[1]
         print(f"\n{family}@512: latent 64x64, {len(res.meta['layers'])} joint layers, "
               f"{n_txt} text + 1024 image tokens")
-        for name, t in best.items():
-            print(f"  {name:22s} {t:8.2f} s   ratio {t / best['baseline']:.3f}x")
+        print_ratios(best)
         heads = 24
         lk = n_txt + 1024
         print(f"  capture store: {maps.store.nbytes() / 2**20:.2f} MiB (formula 4·B·T·h·w = "

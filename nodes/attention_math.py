@@ -53,17 +53,9 @@ def cross_attention_probs(
     for s in range(0, lq, step):
         e = min(lq, s + step)
         logits = torch.matmul(qh[:, :, s:e].float(), kh.transpose(-1, -2)) * scale
-        if mask is not None:
-            m = mask
-            if m.ndim == 2:
-                m = m[None, None]
-            elif m.ndim == 3:
-                m = m[:, None]
-            m = m[..., s:e, :] if m.shape[-2] == lq else m
-            if m.dtype == torch.bool:
-                logits = logits.masked_fill(~m, float("-inf"))
-            else:
-                logits = logits + m.float()
+        m = _additive(mask, lq, s, e)
+        if m is not None:
+            logits = logits + m
         if key_bias is not None:
             logits = logits + key_bias.float()[:, None, None, :]
         p = torch.softmax(logits, dim=-1)

@@ -86,25 +86,30 @@ def _layout(family, cond, mp, latent_hw, frames=1):
     return "txt", n_ctx, n_img, 0, [(i, i) for i in range(n_ctx)]
 
 
+def _image_text(layout, lq: int, lk: int):
+    """(image query rows, first text key) if a call with lq queries and lk keys is image→text, else None."""
+    order, n_text, n_img, n_extra, _ = layout
+    if order == "cross":
+        return (slice(0, n_img), 0) if (lq, lk) == (n_img, n_text) else None
+    if not lq == lk == n_text + n_img + n_extra:
+        return None
+    return (slice(n_text, n_text + n_img), 0) if order == "txt" else (slice(0, n_img), n_img)
+
+
 def _expected_sum(rec, layout, prompt_len, normalize="all", frames=1):
     """Σ over image→text calls of the positive branch: (n_img, prompt_len) float64 mean-over-heads probs
     (for a video: per patch, the mean over frames)."""
-    order, n_text, n_img, n_extra, keymap = layout
+    keymap, n_img = layout[4], layout[2]
     acc = torch.zeros(n_img, prompt_len, dtype=torch.float64)
     n = 0
     seen_sigmas = set()
     for c in rec.calls:
         if 0 not in c["cou"]:
             continue
-        lq, lk = c["q"].shape[2], c["k"].shape[2]
-        if order == "cross":
-            if not (lq == n_img and lk == n_text):
-                continue
-            rows, base = slice(0, n_img), 0
-        elif lq == lk == n_text + n_img + n_extra:
-            rows, base = (slice(n_text, n_text + n_img), 0) if order == "txt" else (slice(0, n_img), n_img)
-        else:
+        where = _image_text(layout, c["q"].shape[2], c["k"].shape[2])
+        if where is None:
             continue
+        rows, base = where
         chunk = c["q"].shape[0] // len(c["cou"])
         i = c["cou"].index(0) * chunk  # first image of the positive chunk
         q, k = c["q"][i], c["k"][i]
@@ -300,7 +305,8 @@ def test_scale_matches_an_explicit_reference_on_a_real_joint_layer(env, family):
     rec = OutputRecorder(to["optimized_attention_override"])
     to["optimized_attention_override"] = rec
     _sample(dfx, m, pos, neg, lat, steps=1)
-    order, n_text, n_img, n_extra, keymap = _layout(family, pos, mp, LATENT)
+    layout = _layout(family, pos, mp, LATENT)
+    keymap = layout[4]
     checked = 0
     for c in rec.calls:
         q, k, v = c["args"][:3]
@@ -309,15 +315,10 @@ def test_scale_matches_an_explicit_reference_on_a_real_joint_layer(env, family):
         if not bhld:
             b, _, cc = q.shape
             q, k, v = (t.view(b, t.shape[1], heads, cc // heads).transpose(1, 2) for t in (q, k, v))
-        lq, lk = q.shape[2], k.shape[2]
-        if order == "cross":
-            if not (lq == n_img and lk == n_text):
-                continue
-            rows, base = slice(0, n_img), 0
-        elif lq == lk == n_text + n_img + n_extra:
-            rows, base = (slice(n_text, n_text + n_img), 0) if order == "txt" else (slice(0, n_img), n_img)
-        else:
+        where = _image_text(layout, q.shape[2], k.shape[2])
+        if where is None:
             continue
+        rows, base = where
         q, k, v = q.double(), k.double(), v.double()
         p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
         if 0 in c["cou"]:
