@@ -364,3 +364,20 @@ def test_unsupported_family_and_mismatched_conditioning(env, comfy):
     sd_cond[0][1]["guidance"] = 3.5
     with pytest.raises(ValueError, match=r"has 768 features per token but this Flux model expects"):
         _sample(dfx, m, sd_cond, sd_cond, dfx.dit_latent("flux", *LATENT), steps=1)
+
+
+def test_store_memory_is_one_grid_per_prompt_independent_of_steps_and_layers(env):
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher("flux")
+    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
+    lat = dfx.dit_latent("flux", *LATENT)
+    sizes = []
+    for steps in (1, 3):
+        m, maps = cp.add_capture(mp, "all", "both", 0.0, 1.0, "mean")
+        _sample(dfx, m, pos, neg, lat, steps=steps)
+        sizes.append((maps.store.nbytes(), maps.store.peak_bytes))
+        assert maps.result().meta["steps"] == steps
+    n_tokens = pos[0][0].shape[1] + neg[0][0].shape[1]
+    formula = 4 * 1 * n_tokens * 5 * 4  # fp32 · batch · tokens · patch grid, for both prompts
+    assert sizes == [(formula, formula)] * 2
+    assert len(cp.model_layers(mp)) > 1  # several layers, still one accumulator per prompt
