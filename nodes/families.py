@@ -111,9 +111,10 @@ def geometry(spec: FamilySpec, x: torch.Tensor, context: torch.Tensor | None, ex
     n_ctx = _len(context)
     if spec.name == "HiDream":
         n_llama = _len(extra.get("encoder_hidden_states_llama3"), 2)
-        # per block: [image, T5, last Llama layer, this block's Llama layer]. The maps cover the T5 tokens
-        # (the conditioning's context, which the token table labels); the Llama keys stay in the softmax.
-        return Geometry("img_first", n_ctx + 2 * n_llama, (TextPart(0, n_ctx, 0),), grid, frames, n_ctx)
+        # per block: [image, T5, last Llama layer, this block's Llama layer]; prompt = T5 then Llama tokens,
+        # and both Llama copies of a token add up on its position
+        parts = (TextPart(0, n_ctx, 0), TextPart(n_ctx, n_llama, n_ctx), TextPart(n_ctx + n_llama, n_llama, n_ctx))
+        return Geometry("img_first", n_ctx + 2 * n_llama, parts, grid, frames, n_ctx + n_llama)
     if spec.name == "HunyuanDiT":
         n_t5 = _len(extra.get("encoder_hidden_states_t5"))
         return Geometry("cross", n_ctx + n_t5, (TextPart(0, n_ctx + n_t5, 0),), grid, frames, n_ctx + n_t5)
@@ -126,7 +127,9 @@ def prompt_length(spec: FamilySpec, cond: dict) -> int:
     """Prompt positions one conditioning entry contributes (what its token table must cover)."""
     ctx = cond.get("cross_attn")
     n = _len(ctx) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
-    if spec.name == "HunyuanDiT":
+    if spec.name == "HiDream":
+        n += _len(cond.get("conditioning_llama3"), 2)
+    elif spec.name == "HunyuanDiT":
         n += _len(cond.get("conditioning_mt5xl"))
     return n
 

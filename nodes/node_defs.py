@@ -171,9 +171,9 @@ class AttentionFocusHeatmap:
                 "clip": ("CLIP", {"tooltip": "The CLIP that encoded the prompt (with 'text')."}),
                 "text_stream": ("STRING", {"default": "all", "tooltip":
                                 "Models whose context holds the prompt twice (SD3: CLIP and T5; HunyuanDiT: "
-                                "BERT and mT5): 'all' merges each word's tokens from every stream into one "
-                                "map; a stream name ('clip_l', 'clip_g', 't5xxl', 'hydit_clip', 'mt5xl') "
-                                "shows that stream only."}),
+                                "BERT and mT5; HiDream: T5 and Llama): 'all' merges each word's tokens from "
+                                "every stream into one map; a stream name ('clip_l', 'clip_g', 't5xxl', "
+                                "'hydit_clip', 'mt5xl', 'llama') shows that stream only."}),
             },
         }
 

@@ -162,10 +162,13 @@ def describe_layout(tokens: Mapping[str, list], wrapper: Any, model: Any = None)
         if not _loaded(model, "t5xxl"):
             raise LayoutUnknown("this HiDream text encoder has no T5 loaded (the context is 128 zero rows)")
         meta = {}
+        blocks = [block("t5xxl")]
         if _loaded(model, "llama"):
-            # HiDreamTEModel's ll_out[:, 1:] drops the first hidden layer, not a token: all tokens stay
+            # HiDreamTEModel's ll_out[:, 1:] drops the first hidden layer, not a token: all tokens stay.
+            # The model attends to T5 then the Llama tokens (twice per block): label both streams.
             meta["conditioning_llama3_length"] = sum(len(c) for c in tokens["llama"])
-        return Layout("hidream", [block("t5xxl")], meta)
+            blocks.append(block("llama", cond="conditioning_llama3"))
+        return Layout("hidream", blocks, meta)
     if keys == {"hydit_clip", "mt5xl"}:
         return Layout("hunyuan_dit", [block("hydit_clip"), block("mt5xl", cond="conditioning_mt5xl")], {})
     if keys in ({"qwen25_7b"}, {"qwen25_7b", "byt5"}):

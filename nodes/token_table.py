@@ -84,8 +84,9 @@ class TokenTable:
     def merged_words(self, include_punctuation: bool = False) -> list[Word]:
         """The prompt's words once each, every word carrying its positions in all streams.
 
-        Single-stream tables: the words themselves. Multi-stream tables: the words of the stream that
-        splits the prompt into the fewest words (so ``21`` from T5 covers CLIP's ``2`` ``1``); for its
+        Single-stream tables: the words themselves. Multi-stream tables: the words of the stream with the
+        most words that are words of the typed prompt, then the fewest words (so ``21`` from T5 covers
+        CLIP's ``2`` ``1``, and a stream whose pieces lost the spaces is not the list); for its
         n-th occurrence of a word, the n-th occurrence of the same text in each other stream is added
         (matched like ``find_positions``). A word another stream splits differently at its boundaries
         keeps only the positions of the streams where it is found.
@@ -93,8 +94,18 @@ class TokenTable:
         groups = _stream_groups(self)
         if len(groups) <= 1:
             return [w for w in self.words if include_punctuation or not w.punctuation]
-        primary = min(groups, key=lambda g: sum(not w.punctuation for w in g[1]))
         texts = {name: [normalize_text(w.text) for w in ws] for name, ws in groups}
+
+        typed = {normalize_text(t) for t in re.findall(r"\w+", self.text)}
+
+        def score(group) -> tuple[int, int]:
+            # most words that are words of the typed prompt (a stream whose tokenizer lost the spaces
+            # has almost none), then the fewest words
+            name, ws = group
+            hits = sum(1 for w, t in zip(ws, texts[name], strict=True) if not w.punctuation and t in typed)
+            return hits, -sum(not w.punctuation for w in ws)
+
+        primary = max(groups, key=score)
         out: list[Word] = []
         for w in primary[1]:
             if w.punctuation and not include_punctuation:

@@ -75,9 +75,11 @@ def _layout(family, cond, mp, latent_hw, frames=1):
     if family == "flux_kontext":  # reference latents appended after the target image tokens
         n_ref = sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in extra["reference_latents"])
         return "txt", n_ctx, n_img, n_ref, [(i, i) for i in range(n_ctx)]
-    if family == "hidream":  # [image, T5, last Llama layer, this block's Llama layer]; maps over T5
+    if family == "hidream":  # [image, T5, last Llama layer, this block's Llama layer]: T5 + Llama tokens
         n_ll = extra["conditioning_llama3"].shape[2]
-        return "img", n_ctx + 2 * n_ll, n_img, 0, [(i, i) for i in range(n_ctx)]
+        keys = [(i, i) for i in range(n_ctx)] + [(n_ctx + j, n_ctx + j) for j in range(n_ll)]
+        keys += [(n_ctx + n_ll + j, n_ctx + j) for j in range(n_ll)]  # this block's copy: same tokens
+        return "img", n_ctx + 2 * n_ll, n_img, 0, keys
     if family == "hunyuan_dit":  # cross-attention to [BERT 77, mT5]
         n_t5 = extra["conditioning_mt5xl"].shape[1]
         return "cross", n_ctx + n_t5, n_img, 0, [(i, i) for i in range(n_ctx + n_t5)]

@@ -574,3 +574,24 @@ def test_normalize_text():
     assert normalize_text(" Photo-Realistic\n") == "photo-realistic"
     assert normalize_text("ＣＡＴ") == "cat"  # full-width letters (NFKC)
     assert normalize_text("Straße") == "strasse"  # case folding
+
+
+def test_a_stream_without_word_boundaries_never_gives_the_word_list():
+    """A byte-level stream whose tokenizer dropped the spaces ('ared', 'cat') forms words like 'aredcat';
+    the merged list comes from the stream whose words are the typed prompt's words, and a phrase only
+    finds positions where a stream keeps it apart."""
+    text = "a red cat, 21 hats"
+    t5 = [(i, 1.0, 1) for i in (10, 21, 12, 14, 15, 16, 17)] + [(1, 1.0, 0)]
+    t5_vocab = {**T5_VOCAB, 21: "▁red"}
+    llama_vocab = {100: "<|begin_of_text|>", 101: "ared", 102: "cat", 103: ",", 104: "21", 105: "h", 106: "ats"}
+    ll = [(100, 1.0, 0)] + [(i, 1.0, 1) for i in range(101, 107)]
+    table = concat_tables([
+        build_table([t5], t5_vocab, special_ids=(0, 1), text=text, encoder="t5xxl", stream="t5xxl"),
+        build_table([ll], llama_vocab, special_ids=(100,), text=text, encoder="llama", stream="llama",
+                    scheme="bytelevel"),
+    ], text=text)
+    assert [w.text for w in table.words if w.stream == "llama"] == ["aredcat", ",", "21hats"]
+    assert table.word_texts() == ["a", "red", "cat", "21", "hats"]
+    assert resolve(table, "cat") == (2,)
+    assert resolve(table, "red cat") == (1, 2)  # 'aredcat' has no boundary before 'red'
+    assert resolve(table, "a red cat") == (0, 1, 2, 9, 10)  # ... but as a whole it is the Llama pieces 9-10
