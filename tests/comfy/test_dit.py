@@ -54,8 +54,10 @@ class Recorder:
             b, lq, c = q.shape
             qh = q.view(b, lq, heads, c // heads).transpose(1, 2)
             kh = k.view(b, k.shape[1], heads, c // heads).transpose(1, 2)
+        mask = args[4] if len(args) > 4 else kwargs.get("mask")
         self.calls.append({"q": qh.detach().double().clone(), "k": kh.detach().double().clone(),
-                           "cou": list(to.get("cond_or_uncond", [])), "sigma": float(to["sigmas"][0])})
+                           "cou": list(to.get("cond_or_uncond", [])), "sigma": float(to["sigmas"][0]),
+                           "mask": None if mask is None else mask.detach().double().clone()})
         return func(*args, **kwargs)
 
 
@@ -116,6 +118,10 @@ def _expected_sum(rec, layout, prompt_len, normalize="all", frames=1):
         i = c["cou"].index(0) * chunk  # first image of the positive chunk
         q, k = c["q"][i], c["k"][i]
         logits = q[:, rows] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if c["mask"] is not None:  # Flux regional prompting: additive (B|1, [H,] Lq, Lk)
+            m = c["mask"]
+            m = m[min(i, m.shape[0] - 1)] if m.ndim >= 3 else m
+            logits = logits + (m[..., rows, :] if m.ndim == 2 else m[:, rows])
         cols = torch.tensor([base + kk for kk, _ in keymap])
         if normalize == "all":
             p = torch.softmax(logits, -1)[..., cols]
@@ -383,3 +389,35 @@ def test_store_memory_is_one_grid_per_prompt_independent_of_steps_and_layers(env
     formula = 4 * 1 * n_tokens * 5 * 4  # fp32 · batch · tokens · patch grid, for both prompts
     assert sizes == [(formula, formula)] * 2
     assert len(cp.model_layers(mp)) > 1  # several layers, still one accumulator per prompt
+
+
+def test_flux_regional_attention_mask_enters_the_softmax(env):
+    """A regional-prompting mask (cond "attention_mask", additive over the joint sequence) reaches the
+    attention as ``mask=``; the captured probabilities must include it (compared with the same
+    independent softmax, mask added), and the output stays the model's own."""
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher("flux")
+    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
+    n_txt, grid = pos[0][0].shape[1], (5, 4)
+    n = n_txt + grid[0] * grid[1]
+    g = torch.Generator().manual_seed(7)
+    mask = torch.zeros(1, n, n)
+    mask[:, n_txt:, 2:12] = -4.0 * torch.rand(1, n - n_txt, 10, generator=g)  # image rows see words 2-11 less
+    pos = [[pos[0][0], {**pos[0][1], "attention_mask": mask, "attention_mask_img_shape": grid}]]
+    lat = dfx.dit_latent("flux", *LATENT)
+    base = _sample(dfx, mp, pos, neg, lat)
+    rec = Recorder()
+    inner = mp.clone()
+    inner.model_options["transformer_options"]["optimized_attention_override"] = rec
+    m, maps = cp.add_capture(inner, "all", "positive", 0.0, 1.0, "mean")
+    assert torch.equal(_sample(dfx, m, pos, neg, lat), base)
+    assert any(c["mask"] is not None for c in rec.calls)
+    res = maps.result()
+    prompt_len = res.maps.shape[1]
+    exp, n_calls, _ = _expected_sum(rec, _layout("flux", pos, mp, LATENT), prompt_len)
+    (got,) = [v for k, v in maps.store.sums.items() if maps.prompts[k[0]].branch == "positive"]
+    got = got[0].reshape(prompt_len, -1).T.double()
+    torch.testing.assert_close(got, exp, atol=2e-5, rtol=1e-4)
+    rec.calls = [{**c, "mask": None} for c in rec.calls]
+    no_mask, _, _ = _expected_sum(rec, _layout("flux", pos, mp, LATENT), prompt_len)
+    assert (no_mask[:, 2:12] - got[:, 2:12]).mean() > 0  # the mask lowered those words' share
