@@ -39,28 +39,12 @@ def cross_attention_probs(
 
     ``reduce`` is ``mean`` or ``max`` over heads. ``mask`` is an additive (or boolean keep-) mask
     broadcastable to (B, H, Lq, Lk); ``key_bias`` an additive (B, Lk) logit bias (used to mirror a
-    renormalising reweight). Computed in query chunks so at most ``MAX_LOGITS`` logits exist at once.
+    renormalising reweight). Computed in query chunks so at most ``MAX_LOGITS`` logits exist at once
+    (``attention_probs_at`` over every row and key, softmax over the keys).
     """
-    if reduce not in ("mean", "max"):
-        raise ValueError(f"head reduction must be 'mean' or 'max', not {reduce!r}")
-    qh = to_bhld(q, heads, bhld)
-    kh = to_bhld(k, heads, bhld).float()
-    b, h, lq, d = qh.shape
-    lk = kh.shape[2]
-    scale = 1.0 / math.sqrt(d)
-    out = torch.empty(b, lq, lk, dtype=torch.float32, device=q.device)
-    step = max(1, MAX_LOGITS // max(1, b * h * lk))
-    for s in range(0, lq, step):
-        e = min(lq, s + step)
-        logits = torch.matmul(qh[:, :, s:e].float(), kh.transpose(-1, -2)) * scale
-        m = _additive(mask, lq, s, e)
-        if m is not None:
-            logits = logits + m
-        if key_bias is not None:
-            logits = logits + key_bias.float()[:, None, None, :]
-        p = torch.softmax(logits, dim=-1)
-        out[:, s:e] = p.mean(1) if reduce == "mean" else p.amax(1)
-    return out
+    lk = k.shape[2] if bhld else k.shape[1]
+    return attention_probs_at(q, k, heads, slice(None), torch.arange(lk), bhld=bhld, normalize="text",
+                              reduce=reduce, mask=mask, key_bias=key_bias)
 
 
 def fold_repeated_keys(p: torch.Tensor, true_len: int) -> torch.Tensor:
@@ -185,25 +169,33 @@ def attention_probs_at(
     qh = to_bhld(q, heads, bhld)
     kh = to_bhld(k, heads, bhld)
     b, h, lq, d = qh.shape
+    lk = kh.shape[2]
     r0, r1, _ = rows.indices(lq)
     cols = cols.to(device=q.device, dtype=torch.long)
     n_cols = int(cols.numel())
     scale = 1.0 / math.sqrt(d)
     q_rows = qh[:, :, r0:r1]
-    full_bias = _additive(mask, lq, r0, r1)
-    if key_bias is not None:
-        kb = key_bias.float()[:, None, None, :]
-        full_bias = kb if full_bias is None else full_bias + kb
-    lse = row_logsumexp(q_rows, kh, full_bias) if normalize == "all" else None
+    kb = None if key_bias is None else key_bias.float()[:, None, None, :]
+
+    def bias_of(s: int, e: int, at_cols: bool) -> torch.Tensor | None:
+        """Mask + key bias of query rows [r0+s, r0+e), optionally only at ``cols``."""
+        m = _additive(mask, lq, r0 + s, r0 + e)
+        if kb is not None:
+            m = kb if m is None else m + kb
+        if m is not None and at_cols and m.shape[-1] == lk:
+            m = m.index_select(3, cols)
+        return m
+
+    lse = row_logsumexp(q_rows, kh, bias_of(0, r1 - r0, False)) if normalize == "all" else None
     kt = kh.index_select(2, cols).float().transpose(-1, -2)
-    col_bias = None if full_bias is None else full_bias.index_select(3, cols)
     out = torch.empty(b, r1 - r0, n_cols, dtype=torch.float32, device=q.device)
     step = max(1, MAX_LOGITS // max(1, b * h * n_cols))
     for s in range(0, r1 - r0, step):
         e = min(r1 - r0, s + step)
         logits = torch.matmul(q_rows[:, :, s:e].float(), kt) * scale
-        if col_bias is not None:
-            logits = logits + (col_bias[..., s:e, :] if col_bias.shape[-2] == r1 - r0 else col_bias)
+        bias = bias_of(s, e, True)
+        if bias is not None:
+            logits = logits + bias
         if lse is not None:
             p = torch.exp(logits - lse[:, :, s:e, None])
         else:

@@ -176,7 +176,6 @@ class SharedState:
         self.run = RunState()
         self.run_hooks: list[Callable] = []
         self.reweighters: list[Reweighter] = []
-        self.softmax = "all"  # DiT capture: "all" keys (exact joint softmax) or "text" keys only
         self.current = CurrentCall()  # HunyuanDiT: transformer_options of the running model call
 
     def __deepcopy__(self, memo):
@@ -185,7 +184,6 @@ class SharedState:
         new.layer_table = self.layer_table
         new.run_hooks = list(self.run_hooks)
         new.reweighters = list(self.reweighters)
-        new.softmax = self.softmax
         new.current = self.current
         return new
 
@@ -335,8 +333,7 @@ def _dit_call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, 
     if loc is None:
         return None
     block_type, block_index = to.get("block_type"), to.get("block_index")
-    if block_type in ("double", "single") and isinstance(block_index, int) and st.spec.name in (
-            "Flux", "Chroma", "Qwen-Image"):
+    if st.spec.block_ids and block_type in ("double", "single") and isinstance(block_index, int):
         layer = st.layer_table.get((block_type, block_index, 0))
     else:
         layers = st.spec.layers
@@ -463,7 +460,6 @@ class Reweighter:
             weights = self.per_uid.get(uid)
             if weights is None or _branch(st, info, i) not in self.branches:
                 continue
-            length = st.run.prompts[uid].length
             if w is None:
                 w = torch.ones(batch, key_len, dtype=torch.float32, device=device)
             rows = slice(i * per, (i + 1) * per)
@@ -473,6 +469,7 @@ class Reweighter:
                     cols = key_rel[pos == p] + info.key_base
                     w[rows, cols.to(device)] = val
                 continue
+            length = st.run.prompts[uid].length
             if length <= 0 or key_len % length:
                 continue
             for p, val in weights.items():
@@ -684,7 +681,7 @@ def _capture_dit(maps: AttentionMaps, info: CallInfo, uid: str, q, k, heads: int
                            reduce=maps.settings.get("head_reduction", "mean"), mask=mask, key_bias=bias)
     if scale is not None:
         p = p * scale[:, cols][:, None, :]
-    if len(set(pos.tolist())) != len(pos) or geom.prompt_len != len(pos):  # repeated streams (HiDream)
+    if geom.folds:  # repeated streams (HiDream)
         folded = p.new_zeros(p.shape[0], p.shape[1], geom.prompt_len)
         p = folded.index_add_(2, pos.to(p.device), p)
     if geom.frames > 1:  # video: mean over frames of each patch
@@ -704,7 +701,7 @@ def _route_hydit_cross_attention(m) -> None:
         if attn is None:
             continue
         key = f"diffusion_model.blocks.{i}.attn2.forward"
-        if key in m.object_patches:  # another node patched it: leave theirs, say so at run time
+        if key in m.object_patches:  # another node patched it: leave theirs, and say so
             log.warning("Attention Focus: %s is patched by another node; that layer is not captured", key)
             continue
         m.add_object_patch(key, _HyDiTCrossForward(attn, m.model_options["transformer_options"][STATE_KEY].current))

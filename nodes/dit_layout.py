@@ -13,6 +13,7 @@ cross-attention, queries are image tokens and keys are text tokens (Wan, Hunyuan
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -44,12 +45,26 @@ class Geometry:
         return self.frames * self.grid[0] * self.grid[1]
 
     def key_map(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text key offsets, prompt positions): one entry per captured key column (relative to the span)."""
+        """(text key offsets, prompt positions): one entry per captured key column (relative to the span).
+
+        Built once per geometry (one per model call), not per attention layer.
+        """
+        return self._key_map
+
+    @functools.cached_property
+    def _key_map(self) -> tuple[torch.Tensor, torch.Tensor]:
         keys, pos = [], []
         for p in self.parts:
             keys += range(p.key_start, p.key_start + p.length)
             pos += range(p.prompt_start, p.prompt_start + p.length)
         return torch.tensor(keys, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
+
+    @functools.cached_property
+    def folds(self) -> bool:
+        """Whether several key columns carry one prompt position, or some positions have none (HiDream's
+        repeated Llama stream): the captured columns then have to be summed onto prompt positions."""
+        pos = self._key_map[1]
+        return len(set(pos.tolist())) != len(pos) or self.prompt_len != len(pos)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class FamilySpec:
     registers: int = 0
     pad_multiple: int | None = None
     routed: bool = True  # its attention reaches optimized_attention_override by itself
+    block_ids: bool = False  # ComfyUI (0.3.75+) puts block_type/block_index in transformer_options
     context_attr: str = ""  # module whose in_features is the expected text feature size
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,14 +77,14 @@ def family_spec(dm) -> FamilySpec | None:
         skip_s = tuple(getattr(dm, "skip_dit", ()) or ())
         layers = _keys("double", _n(dm, "double_blocks"), lvl, skip_d) + _keys("single", _n(dm, "single_blocks"),
                                                                               lvl, skip_s)
-        return FamilySpec(name, "dit", tuple(layers), "txt_first", p, context_attr="txt_in")
+        return FamilySpec(name, "dit", tuple(layers), "txt_first", p, context_attr="txt_in", block_ids=True)
     if name == "MMDiT" and hasattr(dm, "register_tokens"):
         layers = _keys("double", _n(dm, "double_layers"), lvl) + _keys("single", _n(dm, "single_layers"), lvl)
         return FamilySpec("AuraFlow", "dit", tuple(layers), "txt_first", p, int(dm.register_tokens.shape[1]),
                           context_attr="cond_seq_linear")
     if name == "QwenImageTransformer2DModel":
         return FamilySpec("Qwen-Image", "dit", tuple(_keys("double", _n(dm, "transformer_blocks"), lvl)),
-                          "txt_first", p, context_attr="txt_in")
+                          "txt_first", p, context_attr="txt_in", block_ids=True)
     if name == "NextDiT":
         return FamilySpec("Lumina 2", "dit", tuple(_keys("single", _n(dm, "layers"), lvl)), "txt_first", p,
                           pad_multiple=getattr(dm, "pad_tokens_multiple", None))

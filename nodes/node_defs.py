@@ -11,6 +11,7 @@ from . import comfy_patch as cp
 from .capture_store import AttentionMaps, MapSet, word_maps
 from .maps_file import MapsFileError, list_maps_files, load_maps, safe_output_path, save_maps
 from .render import COLORMAPS, apply_colormap, draw_caption, make_grid, normalize_maps, resize_maps
+from .text_layout import context_tokens
 from .token_table import TokenTable, WordNotFound, parse_targets, positional_table, resolve, restrict_streams
 
 CATEGORY = "attention focus"
@@ -21,8 +22,6 @@ MAPS_FORMAT = "attention-focus-maps"
 def tokens_for(clip, text: str) -> TokenTable:
     """The token table of ``text``: one row per position of the conditioning ``clip`` produces, for every
     text encoder layout (CLIP, T5, Qwen, Gemma, BERT/mT5, ...); positions when the layout is unknown."""
-    from .text_layout import context_tokens
-
     return context_tokens(clip, text)[0]
 
 
@@ -47,15 +46,11 @@ class AttentionFocusTextEncode:
     def encode(self, clip, text: str):
         if clip is None:
             raise ValueError("clip input is empty: connect a CLIP (e.g. from Load Checkpoint)")
-        import logging
-
-        from .text_layout import context_tokens
-
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         length = int(cond[0][0].shape[1]) if cond else None
         table, note = context_tokens(clip, text, context_length=length)
         if note:
-            logging.getLogger("attention_focus").warning("Attention Focus Text Encode: %s", note)
+            cp.log.warning("Attention Focus Text Encode: %s", note)
         return ([[t, {**d, cp.TOKENS_KEY: table}] for t, d in cond],)
 
 

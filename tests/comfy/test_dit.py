@@ -28,6 +28,13 @@ def env(comfy):
     return dfx, cp
 
 
+def _setup(dfx, family):
+    """The tiny model of ``family``, its positive and negative conditioning (seeds 1, 2) and latent."""
+    mp = dfx.tiny_dit_patcher(family)
+    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
+    return mp, pos, neg, dfx.dit_latent(family, *LATENT)
+
+
 def _sample(dfx, m, pos, neg, lat, steps=2, cfg=2.0, seed=1):
     from harness import fixtures
 
@@ -184,9 +191,7 @@ def test_capture_matches_an_independent_float64_softmax(env, family, overrides, 
 @pytest.mark.parametrize("family", ["flux", "sd3", "auraflow"])
 def test_text_keys_softmax_option(env, family):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher(family)
-    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
-    lat = dfx.dit_latent(family, *LATENT)
+    mp, pos, neg, lat = _setup(dfx, family)
     rec = Recorder()
     inner = mp.clone()
     inner.model_options["transformer_options"]["optimized_attention_override"] = rec
@@ -203,11 +208,9 @@ def test_text_keys_softmax_option(env, family):
 
 def test_layer_selection_per_family(env):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher("flux")
+    mp, pos, neg, lat = _setup(dfx, "flux")
     names = [k.name() for k in cp.model_layers(mp)]
     assert names[0] == "double.0.0" and any(n.startswith("single.") for n in names)
-    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
-    lat = dfx.dit_latent("flux", *LATENT)
     m, maps = cp.add_capture(mp, "single, !single.0", "positive", 0.0, 1.0, "mean")
     _sample(dfx, m, pos, neg, lat)
     got = maps.result().meta["layers"]
@@ -245,9 +248,7 @@ class OldComfyCalls:
 @pytest.mark.parametrize("family", ["flux", "qwen_image"])
 def test_old_call_conventions_give_the_same_maps(env, family):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher(family)
-    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
-    lat = dfx.dit_latent(family, *LATENT)
+    mp, pos, neg, lat = _setup(dfx, family)
     m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
     _sample(dfx, m, pos, neg, lat)
     new = maps.result().maps.clone()
@@ -286,9 +287,7 @@ class OutputRecorder:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reweight_all_ones_is_bit_identical_and_a_weight_changes_the_image(env, family):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher(family)
-    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
-    lat = dfx.dit_latent(family, *LATENT)
+    mp, pos, neg, lat = _setup(dfx, family)
     base = _sample(dfx, mp, pos, neg, lat)
     ones = cp.add_reweight(mp, [("#2", 1.0), ("#3", 1.0)], "scale", "all", "positive", 0.0, 1.0)
     assert torch.equal(_sample(dfx, ones, pos, neg, lat), base)
@@ -304,9 +303,7 @@ def test_scale_matches_an_explicit_reference_on_a_real_joint_layer(env, family):
     """P2P semantics: image queries' post-softmax probability on the chosen prompt token × w, no
     renormalisation; text queries unchanged."""
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher(family)
-    pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
-    lat = dfx.dit_latent(family, *LATENT)
+    mp, pos, neg, lat = _setup(dfx, family)
     w = 3.0
     m = cp.add_reweight(mp, [("#2", w)], "scale", "all", "positive", 0.0, 1.0)
     to = m.model_options["transformer_options"]
@@ -347,9 +344,7 @@ def test_scale_matches_an_explicit_reference_on_a_real_joint_layer(env, family):
 
 def test_renormalize_raises_the_share_of_the_weighted_token(env):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher("flux")
-    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
-    lat = dfx.dit_latent("flux", *LATENT)
+    mp, pos, neg, lat = _setup(dfx, "flux")
     shares = []
     for w in (1.0, 3.0):
         rw = cp.add_reweight(mp, [("#2", w)], "renormalize", "all", "positive", 0.0, 1.0)
@@ -376,9 +371,7 @@ def test_unsupported_family_and_mismatched_conditioning(env, comfy):
 
 def test_store_memory_is_one_grid_per_prompt_independent_of_steps_and_layers(env):
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher("flux")
-    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
-    lat = dfx.dit_latent("flux", *LATENT)
+    mp, pos, neg, lat = _setup(dfx, "flux")
     sizes = []
     for steps in (1, 3):
         m, maps = cp.add_capture(mp, "all", "both", 0.0, 1.0, "mean")
@@ -396,15 +389,13 @@ def test_flux_regional_attention_mask_enters_the_softmax(env):
     attention as ``mask=``; the captured probabilities must include it (compared with the same
     independent softmax, mask added), and the output stays the model's own."""
     dfx, cp = env
-    mp = dfx.tiny_dit_patcher("flux")
-    pos, neg = dfx.dit_conditioning("flux", mp, seed=1), dfx.dit_conditioning("flux", mp, seed=2)
+    mp, pos, neg, lat = _setup(dfx, "flux")
     n_txt, grid = pos[0][0].shape[1], (5, 4)
     n = n_txt + grid[0] * grid[1]
     g = torch.Generator().manual_seed(7)
     mask = torch.zeros(1, n, n)
     mask[:, n_txt:, 2:12] = -4.0 * torch.rand(1, n - n_txt, 10, generator=g)  # image rows see words 2-11 less
     pos = [[pos[0][0], {**pos[0][1], "attention_mask": mask, "attention_mask_img_shape": grid}]]
-    lat = dfx.dit_latent("flux", *LATENT)
     base = _sample(dfx, mp, pos, neg, lat)
     rec = Recorder()
     inner = mp.clone()

@@ -38,6 +38,7 @@ from harness.fixtures import (
     cache_dir,
     clip_std,
     fan_in_std,
+    link_model,
     random_state_dict,
 )
 
@@ -549,29 +550,13 @@ def flux_files(dtype: torch.dtype = FLUX_FILE_DTYPE, seed: int = 0) -> tuple[Pat
     return flux_unet_file(dtype, seed), flux_vae_file(seed=seed)
 
 
-def _link(comfy, folder: str, subdir: str, src: Path) -> str:
-    name = "af-" + src.name
-    dst = Path(comfy.base) / "models" / subdir / name
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            dst.symlink_to(src)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(src, dst)
-    if name not in comfy.folder_paths.get_filename_list(folder):
-        comfy.folder_paths.add_model_folder_path(folder, str(dst.parent))
-    return name
-
-
 def install_sd3(comfy=None) -> dict[str, str]:
     """Link the SD3 files into the booted ComfyUI; returns the node inputs
     {"ckpt_name": CheckpointLoaderSimple, "clip_name" + "type": CLIPLoader}."""
     comfy = comfy or boot()
     ckpt, clip_l = sd3_files()
-    return {"ckpt_name": _link(comfy, "checkpoints", "checkpoints", ckpt),
-            "clip_name": _link(comfy, "text_encoders", "text_encoders", clip_l), "type": "sd3"}
+    return {"ckpt_name": link_model(comfy, "checkpoints", ckpt),
+            "clip_name": link_model(comfy, "text_encoders", clip_l), "type": "sd3"}
 
 
 def install_flux(comfy=None) -> dict[str, str]:
@@ -579,6 +564,6 @@ def install_flux(comfy=None) -> dict[str, str]:
     {"unet_name": UNETLoader, "vae_name": VAELoader, "clip_name" + "type": CLIPLoader}."""
     comfy = comfy or boot()
     unet, vae = flux_files()
-    return {"unet_name": _link(comfy, "diffusion_models", "diffusion_models", unet),
-            "vae_name": _link(comfy, "vae", "vae", vae),
-            "clip_name": _link(comfy, "text_encoders", "text_encoders", clip_l_file()), "type": "sd3"}
+    return {"unet_name": link_model(comfy, "diffusion_models", unet),
+            "vae_name": link_model(comfy, "vae", vae),
+            "clip_name": link_model(comfy, "text_encoders", clip_l_file()), "type": "sd3"}

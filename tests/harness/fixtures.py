@@ -259,12 +259,10 @@ def sd15_checkpoint(dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
     return path
 
 
-def install_checkpoint(comfy=None, dtype: torch.dtype = torch.float16) -> str:
-    """Link the SD1.5 fixture into the booted ComfyUI's models/checkpoints; returns its ckpt_name."""
-    comfy = comfy or boot()
-    src = sd15_checkpoint(dtype)
+def link_model(comfy, folder: str, src: Path) -> str:
+    """Link (or copy) ``src`` into the booted ComfyUI's models/<folder>; returns the name its loaders list."""
     name = "af-" + src.name
-    dst = Path(comfy.base) / "models" / "checkpoints" / name
+    dst = Path(comfy.base) / "models" / folder / name
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -273,9 +271,14 @@ def install_checkpoint(comfy=None, dtype: torch.dtype = torch.float16) -> str:
             import shutil
 
             shutil.copyfile(src, dst)
-    if name not in comfy.folder_paths.get_filename_list("checkpoints"):
-        comfy.folder_paths.add_model_folder_path("checkpoints", str(dst.parent))
+    if name not in comfy.folder_paths.get_filename_list(folder):
+        comfy.folder_paths.add_model_folder_path(folder, str(dst.parent))
     return name
+
+
+def install_checkpoint(comfy=None, dtype: torch.dtype = torch.float16) -> str:
+    """Link the SD1.5 fixture into the booted ComfyUI's models/checkpoints; returns its ckpt_name."""
+    return link_model(comfy or boot(), "checkpoints", sd15_checkpoint(dtype))
 
 
 # ---------------------------------------------------------------------------------------------------
