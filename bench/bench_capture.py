@@ -77,7 +77,7 @@ def main() -> None:
     import comfy.sample
     import torch
 
-    from attention_focus.nodes import comfy_patch as cp
+    from harness import pack as cp
 
     device = torch.device("cpu")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "

@@ -82,7 +82,7 @@ def main() -> None:
     import torch
 
     from attention_focus.nodes import attention_math as am
-    from attention_focus.nodes import comfy_patch as cp
+    from harness import pack as cp
 
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "

@@ -61,23 +61,6 @@ def fold_repeated_keys(p: torch.Tensor, true_len: int) -> torch.Tensor:
     return p.reshape(*p.shape[:-1], lk // true_len, true_len).sum(-2)
 
 
-def expand_positions(positions: dict[int, float], true_len: int, key_len: int) -> dict[int, float]:
-    """Weights per key position of a context repeated from ``true_len`` to ``key_len`` positions."""
-    if key_len % true_len:
-        raise ValueError(f"key length {key_len} is not a multiple of the prompt length {true_len}")
-    return {p + r * true_len: w for r in range(key_len // true_len) for p, w in positions.items()
-            if p < true_len}
-
-
-def weight_vector(weights: dict[int, float], length: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """A (length,) vector of ones with ``weights[pos]`` at the given positions."""
-    w = torch.ones(length, dtype=dtype, device=device)
-    for p, v in weights.items():
-        if 0 <= p < length:
-            w[p] = v
-    return w
-
-
 def scale_value_rows(v: torch.Tensor, row_weights: torch.Tensor, bhld: bool = False) -> torch.Tensor:
     """Multiply value rows (keys) by per-row weights: (B, Lk, C) or (B, Lk, H, D) or BHLD × (B, Lk).
 
@@ -95,6 +78,23 @@ def log_weight_bias(row_weights: torch.Tensor) -> torch.Tensor:
     if (row_weights <= 0).any():
         raise ValueError("renormalize mode needs weights > 0")
     return torch.log(row_weights.float())
+
+
+def combine_reweights(weights: list[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The reweights in force on some rows as one (scale, bias) pair of (B, Lk) tensors (None when absent).
+
+    ``weights``: (mode, w) per reweight, mode ``scale`` (value rows × w: the factors multiply) or
+    ``renormalize`` (logits + log w: the biases add). The capture applies the same pair to the probabilities
+    it records, so the maps show the attention the model really used.
+    """
+    scale = bias = None
+    for mode, w in weights:
+        if mode == "scale":
+            scale = w if scale is None else scale * w
+        else:
+            b = log_weight_bias(w)
+            bias = b if bias is None else bias + b
+    return scale, bias
 
 
 def _additive(mask: torch.Tensor | None, lq: int, s: int, e: int) -> torch.Tensor | None:

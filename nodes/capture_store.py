@@ -1,23 +1,78 @@
-"""The capture store (running sums per prompt and layer) and the ATTENTION_MAPS handle.
+"""The capture store (running sums per prompt, region and layer), the immutable result of one sampling run
+(``MapsRecord``) and the ATTENTION_MAPS handle.
 
-Memory does not grow with steps: for each captured prompt (conditioning uuid) and layer the store keeps
-one fp32 running sum of shape (batch, prompt_tokens, h, w) — the layer's grid. Total bytes::
+Memory does not grow with steps: for each captured prompt (conditioning uuid), region and layer the store
+keeps one fp32 running sum of shape (batch, prompt_tokens, h, w) — the layer's grid. Total bytes::
 
     4 · batch · prompt_tokens · Σ_layers h_l · w_l      (per captured prompt; × 2 with branch "both")
 
 e.g. SD1.5 at 512², 16 layers, 77 tokens: 4·77·(5·64² + 5·32² + 5·16² + 8²) = 8.3 MB per image.
+
+Regions: a prompt with an area (ConditioningSetArea…) is evaluated on a crop of the latent; its maps are
+aggregated on that crop and placed at its offset, zero elsewhere, and multiplied by the conditioning's mask
+(ConditioningSetMask) where it has one. A prompt evaluated on several regions gets, at each latent cell, the
+mean over the regions that cover it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .layer_spec import LayerKey
-from .token_table import TokenTable
+from .errors import AttentionFocusError
+from .layer_spec import LayerKey, check_step_window
+from .token_table import TokenRow, TokenTable, Word, WordNotFound, concat_tables, resolve
+from .word_syntax import parse_targets
+
+HEAD_REDUCTIONS = ("mean", "max")
+SOFTMAXES = ("all", "text")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What one capture node records; validated once, written into every maps file.
+
+    ``softmax`` (DiTs): ``all`` = the model's own joint softmax over text and image keys (exact), ``text`` =
+    renormalised over the prompt's text keys; UNet captures report ``cross`` (their softmax is over text).
+    """
+
+    layers: str = "all"
+    branch: str = "positive"  # positive | negative | both
+    start: float = 0.0
+    end: float = 1.0
+    head_reduction: str = "mean"
+    softmax: str = "all"
+
+    def __post_init__(self) -> None:
+        check_step_window(self.start, self.end)
+        if self.branch not in ("positive", "negative", "both"):
+            raise AttentionFocusError(f"branch must be positive, negative or both, not {self.branch!r}")
+        if self.head_reduction not in HEAD_REDUCTIONS:
+            raise AttentionFocusError(f"head_reduction must be mean or max, not {self.head_reduction!r}")
+        if self.softmax not in SOFTMAXES:
+            raise AttentionFocusError(f"dit_softmax must be 'all keys' or 'text keys', not {self.softmax!r}")
+
+    @property
+    def branches(self) -> set[str]:
+        return {"positive", "negative"} if self.branch == "both" else {self.branch}
+
+    def meta(self, kind: str) -> dict[str, Any]:
+        """The settings as maps-file metadata (``kind``: ``unet`` or ``dit``)."""
+        return {"head_reduction": self.head_reduction, "softmax": self.softmax if kind == "dit" else "cross",
+                "capture_layers": self.layers, "window": [self.start, self.end]}
+
+
+class Region(NamedTuple):
+    """Where a prompt acts on the latent: (height, width, top, left) in latent cells."""
+
+    h: int
+    w: int
+    y: int
+    x: int
 
 
 @dataclass
@@ -28,11 +83,13 @@ class PromptInfo:
     slot: int  # index within its branch
     length: int  # true context length (tokens)
     tokens: TokenTable | None
+    note: str = ""  # why ``tokens`` is None (the conditioning was changed after encoding, …)
+    regions: list[tuple[Region | None, torch.Tensor | None]] = field(default_factory=list)  # (area, mask)
 
 
 @dataclass
 class MapSet:
-    """Aggregated maps of one prompt: (batch, tokens, H_lat, W_lat) float32, plus labels and metadata."""
+    """Aggregated maps of one branch: (batch, tokens, H_lat, W_lat) float32, plus labels and metadata."""
 
     maps: torch.Tensor
     tokens: TokenTable | None
@@ -40,33 +97,28 @@ class MapSet:
 
 
 class CaptureStore:
-    """Running sums of attention probabilities per (prompt uuid, layer)."""
+    """Running sums of attention probabilities per (prompt uuid, region, layer)."""
 
     def __init__(self) -> None:
-        self.sums: dict[tuple[str, LayerKey], torch.Tensor] = {}
-        self.members: dict[tuple[str, LayerKey], set[LayerKey]] = {}
-        self.calls: dict[str, set[int]] = {}
+        self.sums: dict[tuple[str, Region | None, LayerKey], torch.Tensor] = {}
+        self.members: dict[tuple[str, Region | None, LayerKey], set[LayerKey]] = {}
+        self.evaluations: dict[str, set[int]] = {}
         self.peak_bytes = 0
 
-    def clear(self) -> None:
-        self.sums.clear()
-        self.members.clear()
-        self.calls.clear()
-        self.peak_bytes = 0
-
-    def add(self, uid: str, layer: LayerKey, probs: torch.Tensor, hw: tuple[int, int], call_id: int,
-            merge_as: LayerKey | None = None) -> None:
+    def add(self, uid: str, layer: LayerKey, probs: torch.Tensor, hw: tuple[int, int], evaluation: int,
+            merge_as: LayerKey | None = None, region: Region | None = None) -> None:
         """Add (batch, h·w, tokens) probabilities of one layer call to the running sum.
 
-        ``merge_as`` sums layers that share one grid (all blocks of a DiT) into a single accumulator,
-        so the store does not grow with the number of layers either.
+        ``evaluation`` numbers the sampler's model evaluation the call belongs to; ``merge_as`` sums layers
+        that share one grid (all blocks of a DiT) into a single accumulator, so the store does not grow
+        with the number of layers either; ``region`` is the prompt's area (None: the whole latent).
         """
         h, w = hw
         b, n, t = probs.shape
         if n != h * w:
             raise ValueError(f"{n} image tokens do not form the {h}x{w} grid of layer {layer.name()}")
         grid = probs.transpose(1, 2).reshape(b, t, h, w)
-        key = (uid, merge_as if merge_as is not None else layer)
+        key = (uid, region, merge_as if merge_as is not None else layer)
         cur = self.sums.get(key)
         if cur is None or cur.shape != grid.shape:
             self.sums[key] = grid.clone()
@@ -75,25 +127,67 @@ class CaptureStore:
         else:
             cur.add_(grid)
         self.members[key].add(layer)
-        self.calls.setdefault(uid, set()).add(call_id)
+        self.evaluations.setdefault(uid, set()).add(evaluation)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.sums.values())
+
+    def uids(self) -> list[str]:
+        return list(dict.fromkeys(k[0] for k in self.sums))
 
     def layers(self, uid: str) -> list[LayerKey]:
         """The captured layers of a prompt (members of merged accumulators included)."""
         return sorted({m for k, ms in self.members.items() if k[0] == uid for m in ms})
 
     def steps(self, uid: str) -> int:
-        return len(self.calls.get(uid, ()))
+        """Model evaluations that contributed to a prompt's maps."""
+        return len(self.evaluations.get(uid, ()))
 
-    def aggregate(self, uid: str, latent_hw: tuple[int, int]) -> torch.Tensor:
-        """Per-token maps of one prompt on the latent grid: mean over layers of each layer's sum."""
-        parts = {k[1]: v for k, v in self.sums.items() if k[0] == uid}
-        if not parts:
+    def aggregate(self, uid: str, latent_hw: tuple[int, int],
+                  masks: dict[Region | None, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Per-token maps of one prompt on the latent grid → (B, T, H, W).
+
+        Per region: mean over layers of each layer's upsampled, clamped sum; placed at the region's offset
+        (times its mask, if any); where several regions cover a cell, their mean.
+        """
+        regions = list(dict.fromkeys(k[1] for k in self.sums if k[0] == uid))
+        if not regions:
             raise ValueError("nothing was captured for this prompt")
-        counts = {k[1]: max(1, len(self.members.get(k, ()))) for k in self.sums if k[0] == uid}
-        return aggregate_layers(parts, latent_hw, counts)
+        H, W = latent_hw
+        acc = cover = None
+        for region in regions:
+            parts = {k[2]: v for k, v in self.sums.items() if k[0] == uid and k[1] == region}
+            counts = {k[2]: max(1, len(self.members[k])) for k in self.sums if k[0] == uid and k[1] == region}
+            size = latent_hw if region is None else (region.h, region.w)
+            local = aggregate_layers(parts, size, counts)
+            placed, covered = place_region(local, region, latent_hw, (masks or {}).get(region))
+            acc = placed if acc is None else acc + placed
+            cover = covered if cover is None else cover + covered
+        if len(regions) == 1:
+            return acc
+        return acc / cover.clamp(min=1)
+
+
+def place_region(maps: torch.Tensor, region: Region | None, latent_hw: tuple[int, int],
+                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put (B, T, h, w) region maps into a zero (B, T, H, W) latent grid; returns (maps, coverage (1,1,H,W)).
+
+    ``mask`` is the conditioning's (1|B, H, W) latent mask: the placed maps are multiplied by it.
+    """
+    H, W = latent_hw
+    b, t = maps.shape[:2]
+    if region is None:
+        out, cover = maps, torch.ones(1, 1, H, W, dtype=maps.dtype, device=maps.device)
+    else:
+        out = maps.new_zeros(b, t, H, W)
+        cover = maps.new_zeros(1, 1, H, W)
+        out[..., region.y:region.y + region.h, region.x:region.x + region.w] = maps
+        cover[..., region.y:region.y + region.h, region.x:region.x + region.w] = 1
+    if mask is not None:
+        m = mask.to(out.device, out.dtype)
+        m = m[:b] if m.shape[0] >= b else m[:1]
+        out = out * m[:, None]
+    return out, cover
 
 
 def upsample_to_latent(grid: torch.Tensor, level: int, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -140,65 +234,138 @@ def word_maps(token_maps: torch.Tensor, groups: list[tuple[int, ...]]) -> torch.
     return torch.stack(out, 1)
 
 
+def select_words(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], torch.Tensor]:
+    """The words a user typed (empty: the prompt's words) → (names, (B, W, H, W') word maps).
+
+    AttentionFocusError names the input when a word is not in the prompt or the maps carry no labels.
+    """
+    try:
+        targets = parse_targets(words)
+    except ValueError as e:
+        raise AttentionFocusError(f"words: {e}") from None
+    if targets:
+        try:
+            groups = [resolve(table, t) for t in targets]
+        except WordNotFound as e:
+            note = ms.meta.get("token_note") or next(
+                (p["token_note"] for p in ms.meta.get("prompts", []) if p.get("token_note")), "")
+            raise AttentionFocusError(f"words: {e}" + (f" (Note: {note})" if note else "")) from None
+        except ValueError as e:
+            raise AttentionFocusError(f"words: {e}") from None
+        return targets, word_maps(ms.maps.float(), groups)
+    if table.meta.get("positional"):
+        note = next((p["token_note"] for p in ms.meta.get("prompts", []) if p.get("token_note")), "")
+        raise AttentionFocusError(
+            "words: these maps carry no token labels" + (f" ({note})" if note else
+                                                         " (the prompt was encoded with a stock CLIPTextEncode)")
+            + ": list token positions like '#1, #2', or connect the prompt 'text' and 'clip' inputs, or encode "
+              "with Attention Focus Text Encode")
+    words_all = table.merged_words()
+    if not words_all:
+        raise AttentionFocusError("words: the prompt has no words to show: type the words to map")
+    return [w.text for w in words_all], word_maps(ms.maps.float(), [w.positions for w in words_all])
+
+
+def positional_segment(start: int, length: int) -> TokenTable:
+    """Rows labelled by their position in the whole merged sequence (``#start`` …), one 'word' each."""
+    rows = [TokenRow(i, f"#{start + i}", i, 1.0, 0, False, 0) for i in range(length)]
+    words = [Word(i, f"#{start + i}", (i,)) for i in range(length)]
+    return TokenTable(rows, words, encoder="positions", meta={"positional": True})
+
+
+def merge_prompts(prompts: list[PromptInfo]) -> tuple[TokenTable | None, list[dict[str, Any]]]:
+    """One table for the prompts of a branch laid end to end (positional rows where a prompt has no
+    table), and per prompt its span, area and table note; None when no prompt has a table."""
+    if len(prompts) == 1:
+        p = prompts[0]
+        return p.tokens, [_prompt_meta(p, 0)]
+    parts, meta, pos = [], [], 0
+    for p in prompts:
+        parts.append(p.tokens if p.tokens is not None else positional_segment(pos, p.length))
+        meta.append(_prompt_meta(p, pos))
+        pos += p.length
+    if all(p.tokens is None for p in prompts):
+        return None, meta
+    table = concat_tables(parts, encoder="+".join(dict.fromkeys(t.encoder for t in parts)),
+                          text=" | ".join(p.tokens.text for p in prompts if p.tokens is not None))
+    return table, meta
+
+
+def _prompt_meta(p: PromptInfo, start: int) -> dict[str, Any]:
+    areas = [list(r) if r is not None else None for r, _ in p.regions]
+    return {"slot": p.slot, "positions": [start, start + p.length], "areas": areas,
+            "masked": any(m is not None for _, m in p.regions), "token_note": p.note}
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """A content hash of a tensor (dtype, shape and bytes), to tell one run's maps from another's."""
+    raw = t.detach().cpu().contiguous()
+    h = hashlib.blake2b(f"{raw.dtype}{tuple(raw.shape)}".encode(), digest_size=16)
+    h.update(raw.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class MapsRecord:
+    """The maps of one finished sampling run: per branch one MapSet, plus where the run came from.
+
+    Immutable once made: whatever runs later, a record keeps the maps of the run that made it.
+    ``origin`` is the executing ComfyUI node (see ``provenance.Origin``), None outside a prompt execution.
+    """
+
+    branches: dict[str, MapSet]
+    latent_hw: tuple[int, int]
+    batch: int
+    origin: Any = None
+    content: str = ""  # fingerprint of the maps, to recognise two runs with the same maps
+
+    def result(self, branch: str) -> MapSet:
+        ms = self.branches.get(branch)
+        if ms is None:
+            have = ", ".join(sorted(self.branches)) or "nothing"
+            raise AttentionFocusError(
+                f"no attention was captured for the {branch} prompt (captured: {have}). Check the capture "
+                "node's branch and step window, and that its layers exist in this model")
+        return ms
+
+    def nbytes(self) -> int:
+        return sum(ms.maps.numel() * ms.maps.element_size() for ms in self.branches.values())
+
+
 class AttentionMaps:
     """The ATTENTION_MAPS value passed between nodes.
 
-    Live handles come from the capture node and are filled during sampling; loaded handles wrap a
-    MapSet read from a file. ``result()`` gives the aggregated maps of a branch.
+    A capture handle names the capture (its settings and the node that made it); each finished sampling
+    run with that capture leaves an immutable ``MapsRecord`` (kept by ``provenance.REGISTRY`` and, the
+    newest, in ``latest``). A loaded handle wraps a MapSet read from a file. ``result()`` gives the newest
+    run's maps of a branch — the node classes instead pick the run that made their image
+    (``provenance.record_for_image``).
     """
 
-    def __init__(self, settings: dict[str, Any] | None = None, mapset: MapSet | None = None) -> None:
-        self.settings = dict(settings or {})
-        self.store = CaptureStore()
-        self.prompts: dict[str, PromptInfo] = {}
-        self.latent_hw: tuple[int, int] | None = None
-        self.batch = 0
-        self.family = self.settings.get("family", "")
+    def __init__(self, settings: CaptureSettings | None = None, mapset: MapSet | None = None, *,
+                 family: str = "", kind: str = "unet", node_id: str = "") -> None:
+        self.settings = settings or CaptureSettings()
+        self.family = family
+        self.kind = kind
+        self.node_id = node_id
+        self.latest: MapsRecord | None = None
+        self.last_run: Any = None  # the newest run's working state (store, prompts), for inspection
         self.runs = 0
-        self.layer_names: list[str] = []
         self._loaded = mapset
 
-    def __deepcopy__(self, memo):  # model_options are deep-copied by ModelPatcher.clone(): share us
+    def __deepcopy__(self, memo):  # a handle is an identity: clones of a model share it
         return self
 
-    def start_run(self, prompts: dict[str, PromptInfo], latent_hw: tuple[int, int], batch: int) -> None:
-        self.store.clear()
-        self.prompts = prompts
-        self.latent_hw = latent_hw
-        self.batch = batch
-        self.runs += 1
-
-    def uid_for(self, branch: str) -> str | None:
-        """The first captured prompt of a branch (``positive``/``negative``)."""
-        cands = sorted((p.slot, u) for u, p in self.prompts.items() if p.branch == branch
-                       and any(k[0] == u for k in self.store.sums))
-        return cands[0][1] if cands else None
+    @property
+    def loaded(self) -> MapSet | None:
+        return self._loaded
 
     def result(self, branch: str = "positive") -> MapSet:
-        """Aggregated maps of ``branch``; ValueError with a clear reason if there are none."""
+        """Maps of ``branch`` from the newest run; AttentionFocusError with a clear reason if there are none."""
         if self._loaded is not None:
             return self._loaded
-        if self.runs == 0:
-            raise ValueError("no generation has run with this capture yet: connect the capture node's MODEL "
-                             "output to the sampler and the decoded IMAGE of that sampler to this node")
-        uid = self.uid_for(branch)
-        if uid is None:
-            have = sorted({p.branch for u, p in self.prompts.items() if any(k[0] == u for k in self.store.sums)})
-            raise ValueError(f"no attention was captured for the {branch} prompt (captured: "
-                             f"{', '.join(have) or 'nothing'}). Check the capture node's branch and step "
-                             "window, and that its layers exist in this model")
-        info = self.prompts[uid]
-        maps = self.store.aggregate(uid, self.latent_hw)
-        layers = self.store.layers(uid)
-        meta = {
-            "model_family": self.family,
-            "latent_size": list(self.latent_hw),
-            "steps": self.store.steps(uid),
-            "layers": [k.name() for k in layers],
-            "levels": [k.level for k in layers],
-            "branch": branch,
-            "head_reduction": self.settings.get("head_reduction", "mean"),
-            "softmax": self.settings.get("softmax", "cross"),
-            "store_bytes": self.store.nbytes(),
-        }
-        return MapSet(maps, info.tokens, meta)
+        if self.latest is None:
+            raise AttentionFocusError(
+                "no generation has run with this capture yet: connect the capture node's MODEL output to "
+                "the sampler and the decoded IMAGE of that sampler to this node")
+        return self.latest.result(branch)

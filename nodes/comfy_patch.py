@@ -1,140 +1,67 @@
-"""ComfyUI adapter: installs capture and reweighting on a ModelPatcher clone.
+"""ComfyUI adapter — the hook mechanism shared by capture and reweighting.
 
 Mechanism (see shared docs, comfyui-attention-hooks.md §1–2, §5):
 - ``transformer_options["optimized_attention_override"]`` sees q/k/v of every attention call; ours is
   chained with whatever override was there (another pack's, or our other node's).
 - an ``attn2_patch`` marks that the next attention call is a UNet cross-attention (attn2) and an
   ``attn2_output_patch`` clears the mark (so a foreign attn2 replacement cannot confuse us).
-- an ``OUTER_SAMPLE`` wrapper starts each sampling run: maps conditioning uuids to prompts and their
-  token tables, converts the step window to sigmas, resets the store.
-- Diffusion Transformers: an ``APPLY_MODEL`` wrapper stores the token geometry of each model call
-  (patch grid, text span; ``families.geometry``) in transformer_options; the override recognises the
-  image→text attention calls by their length and names the layer from ComfyUI's block ids where the
-  model sets them, else by counting those calls per forward. HunyuanDiT's cross-attention does not
-  reach the override by itself: an object patch on each ``attn2.forward`` (an exact re-implementation
-  that passes transformer_options) routes it there.
+- wrappers: ``OUTER_SAMPLE`` starts and ends each sampling run (prompts, token tables, latent size, where
+  the run comes from) and lets every effect finish its run; ``SAMPLER_SAMPLE`` reads the areas and masks
+  ComfyUI resolved for each prompt; ``PREDICT_NOISE`` numbers the sampler's model evaluations (so extra
+  guidance passes inside one evaluation, PAG/SAG/SLG, are told apart from the sampler's own);
+  ``APPLY_MODEL`` records the latent size of each model call and, for Diffusion Transformers, its token
+  geometry (patch grid, text span; ``families.geometry``).
+- the override recognises image→text attention calls (UNet: the attn2 mark; DiT: their length) and names
+  the layer from ComfyUI's block ids where the model sets them, else by counting the calls per forward.
+
+State: one ``SharedState`` per patched model in ``transformer_options[STATE_KEY]``, looked up at call time
+(never through closures). Every node that adds an effect replaces it with a copy on its own clone
+(copy-on-write), so isolation holds whether ``ModelPatcher.clone()`` deep-copies model_options (ComfyUI
+≤ 0.12) or copies only dicts and lists (PR #12382, Feb 2026 on).
 The real output always comes from the attention function ComfyUI chose (or the previous override).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from .attention_math import (attention_probs_at, cross_attention_probs, fold_repeated_keys, log_weight_bias,
-                             scale_value_rows)
-from .capture_store import AttentionMaps, PromptInfo
+from .capture_store import PromptInfo, Region
+from .cond_tokens import tokens_for_conditioning
 from .dit_layout import Geometry, located
-from .families import DIT_FAMILIES, FamilySpec, expected_context_dim, family_spec, geometry, prompt_length
-from .layer_spec import LayerKey, check_step_window, describe_layers, select_layers
-from .token_table import TokenTable, positional_table, resolve
+from .errors import AttentionFocusError
+from .families import FamilySpec, expected_context_dim, geometry, model_layers, model_spec, prompt_length
+from .layer_spec import LayerKey
+from .provenance import Origin, node_signature
 
 TOKENS_KEY = "attention_focus_tokens"
 STATE_KEY = "attention_focus"  # shared mutable state in transformer_options
-FWD_KEY = "attention_focus_forward"  # per-model-call geometry (DiTs)
-UNSUPPORTED_BASES = ("Flux2",)  # Flux.2: Mistral text left-padded to 512 inside the model
-SUPPORTED = "SD1.x, SD2.x, SDXL (UNet) and the DiTs " + ", ".join(DIT_FAMILIES)
+FWD_KEY = "attention_focus_forward"  # per-model-call facts (latent size; DiT geometry)
+INFO_KEY = "attention_focus_info"  # the CallInfo of the attention call in progress
+CALL_KEY = "attention_focus_call"  # (call id, sigma) of a model call
 log = logging.getLogger("attention_focus")
 
 
-class AttentionFocusError(ValueError):
-    """A user-facing problem with a clear fix."""
-
-
 # ---------------------------------------------------------------------------------------------------
-# Model inspection
-
-
-def model_family(model) -> str:
-    """A short family name for a ModelPatcher's model (``sd1``, ``sd2``, ``sdxl``, ``Flux``, ...)."""
-    cfg = getattr(model.model, "model_config", None)
-    name = type(cfg).__name__ if cfg is not None else type(model.model).__name__
-    dm = getattr(model.model, "diffusion_model", None)
-    if type(dm).__name__ != "UNetModel":
-        spec = family_spec(dm)
-        return spec.name if spec is not None else f"{name} ({type(dm).__name__})"
-    if name.startswith("SDXL") or name in ("SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"):
-        return "sdxl"
-    if name.startswith("SD2") or name.startswith("SD20") or name.startswith("SD21"):
-        return "sd2"
-    return "sd1" if name.startswith("SD1") else name.lower()
-
-
-def model_spec(model) -> FamilySpec:
-    """The family spec of a ModelPatcher's model; a clear error naming the family if unsupported."""
-    dm = getattr(model.model, "diffusion_model", None)
-    spec = family_spec(dm)
-    if type(model.model).__name__ in UNSUPPORTED_BASES:  # same module class, different text layout
-        spec = None
-    if spec is None:
-        cfg = getattr(model.model, "model_config", None)
-        name = type(cfg).__name__ if cfg is not None else type(model.model).__name__
-        raise AttentionFocusError(f"Attention Focus does not support the {name} model family "
-                                  f"({type(dm).__name__}) yet. Supported: {SUPPORTED}.")
-    return spec
-
-
-def model_layers(model) -> list[LayerKey]:
-    """Every image→text attention layer of the model, in execution order."""
-    spec = model_spec(model)
-    return unet_layers(model) if spec.kind == "unet" else list(spec.layers)
-
-
-def unet_layers(model) -> list[LayerKey]:
-    """Every cross-attention layer of a UNet, with its resolution level, in execution order."""
-    dm = model.model.diffusion_model
-
-    def depth(block) -> int:
-        return sum(len(m.transformer_blocks) for m in block if type(m).__name__ in
-                   ("SpatialTransformer", "SpatialVideoTransformer") and hasattr(m, "transformer_blocks")
-                   and any(getattr(tb, "attn2", None) is not None for tb in m.transformer_blocks))
-
-    layers: list[LayerKey] = []
-    level = 0
-    for i, block in enumerate(dm.input_blocks):
-        if any(type(m).__name__ == "Downsample" for m in block):
-            level += 1
-        layers += [LayerKey("input", i, d, level) for d in range(depth(block))]
-    mid = dm.middle_block
-    layers += [LayerKey("middle", 0, d, level) for d in range(depth(mid) if mid is not None else 0)]
-    for i, block in enumerate(dm.output_blocks):
-        layers += [LayerKey("output", i, d, level) for d in range(depth(block))]
-        if any(type(m).__name__ == "Upsample" for m in block):
-            level -= 1
-    return layers
-
-
-def resolve_layers(model, spec: str) -> list[LayerKey]:
-    """Layers of ``model`` selected by ``spec``; errors name the available layers."""
-    available = model_layers(model)
-    chosen = select_layers(spec, available)
-    if not chosen:
-        raise AttentionFocusError(f"the layer spec {spec!r} selects no cross-attention layer of this model. "
-                                  f"Available: {describe_layers(available)}")
-    return chosen
-
-
-def branch_of(spec: str) -> set[str]:
-    return {"positive": {"positive"}, "negative": {"negative"}, "both": {"positive", "negative"}}[spec]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Per-call context
+# Per-call and per-run facts
 
 
 @dataclass
 class CallInfo:
-    """What one attention call is: layer, chunks (prompt uuids), sigma, grid."""
+    """What one image→text attention call is: layer, chunks (prompt uuids), sigma, grid."""
 
     layer: LayerKey
     uids: list[str]
     cond_or_uncond: list[int]
     sigma: float
-    call_id: int
-    hw: tuple[int, int]
+    call_id: int  # one id per model call (all layers of one forward share it)
+    evaluation: int  # the sampler's model evaluation (0: unknown)
+    hw: tuple[int, int]  # this layer's query grid
+    latent_hw: tuple[int, int]  # the latent size of this model call (an area crop, or the whole latent)
     geom: Geometry | None = None  # DiTs: token layout of this model call
     rows: slice | None = None  # DiTs: image query rows
     key_base: int = 0  # DiTs: where the text span starts among the keys
@@ -143,9 +70,10 @@ class CallInfo:
 
 @dataclass
 class ForwardInfo:
-    """Per-model-call facts of a DiT forward, stored in transformer_options by the APPLY_MODEL wrapper."""
+    """Per-model-call facts stored in transformer_options by the APPLY_MODEL wrapper."""
 
-    geom: Geometry
+    latent_hw: tuple[int, int]
+    geom: Geometry | None = None
     count: int = 0  # image→text calls seen so far in this forward (layer = n-th call)
     ambiguous: int = 0  # cross-attention calls indistinguishable from self-attention by length
     cross_only: bool = False  # every routed call is a cross-attention (HunyuanDiT)
@@ -158,38 +86,15 @@ class RunState:
 
     prompts: dict[str, PromptInfo] = field(default_factory=dict)
     latent_hw: tuple[int, int] = (0, 0)
+    batch: int = 0
     calls: int = 0
-
-
-class SharedState:
-    """Mutable state of one patched model, reachable from every hook via transformer_options[STATE_KEY].
-
-    ``ModelPatcher.clone()`` deep-copies model_options: each clone gets its own state with copies of
-    the hook lists, so a reweight added downstream never leaks into the model it was cloned from.
-    Hooks therefore look the state up in transformer_options at call time, never through closures.
-    """
-
-    def __init__(self) -> None:
-        self.cross_pending = False
-        self.spec: FamilySpec = FamilySpec("UNet", "unet")
-        self.layer_table: dict[tuple[str, int, int], LayerKey] = {}
-        self.run = RunState()
-        self.run_hooks: list[Callable] = []
-        self.reweighters: list[Reweighter] = []
-        self.current = CurrentCall()  # HunyuanDiT: transformer_options of the running model call
-
-    def __deepcopy__(self, memo):
-        new = SharedState()
-        new.spec = self.spec
-        new.layer_table = self.layer_table
-        new.run_hooks = list(self.run_hooks)
-        new.reweighters = list(self.reweighters)
-        new.current = self.current
-        return new
+    evaluation: int = 0  # sampler model evaluations so far (PREDICT_NOISE wrapper)
+    origin: Origin | None = None
+    data: dict[int, Any] = field(default_factory=dict)  # per-effect working state, by id(effect)
 
 
 class CurrentCall:
-    """Holds the running model call's transformer_options; one object shared by all clones."""
+    """Holds the running model call's transformer_options (HunyuanDiT route); one object per model chain."""
 
     def __init__(self) -> None:
         self.to: dict | None = None
@@ -198,33 +103,82 @@ class CurrentCall:
         return self
 
 
-def _shared(m) -> SharedState:
+class SharedState:
+    """Mutable state of one patched model, reachable from every hook via transformer_options[STATE_KEY].
+
+    ``effects`` are the capture and reweight objects installed on this model, in order. An effect may
+    implement ``start_run(guider, run, noise, sigmas)``, ``end_run(run)`` and, for reweights,
+    ``row_weights(st, info, batch, key_len, device)``.
+    """
+
+    def __init__(self, spec: FamilySpec, layer_table: dict[tuple[str, int, int], LayerKey]) -> None:
+        self.spec = spec
+        self.layer_table = layer_table
+        self.cross_pending = False
+        self.run = RunState()
+        self.effects: list[Any] = []
+        self.current = CurrentCall()
+
+    def copy(self) -> SharedState:
+        """A state for a clone: the same model facts, its own effect list and run."""
+        new = SharedState(self.spec, self.layer_table)
+        new.effects = list(self.effects)
+        new.current = self.current
+        return new
+
+    def __deepcopy__(self, memo):  # ComfyUI ≤ 0.12 deep-copies model_options on clone
+        return self.copy()
+
+    def reweighters(self) -> list[Any]:
+        return [e for e in self.effects if hasattr(e, "row_weights")]
+
+
+def state_of(to: dict | None) -> SharedState | None:
+    st = to.get(STATE_KEY) if isinstance(to, dict) else None
+    return st if isinstance(st, SharedState) else None
+
+
+def add_effect(m, effect: Any) -> SharedState:
+    """Install ``effect`` on the clone ``m`` (copy-on-write of its state); returns the clone's state."""
     to = m.model_options.setdefault("transformer_options", {})
-    st = to.get(STATE_KEY)
-    if not isinstance(st, SharedState):
-        st = SharedState()
-        st.spec = model_spec(m)
-        st.layer_table = {(k.block, k.index, k.depth): k for k in model_layers(m)}
+    st = state_of(to)
+    if st is None:
+        st = SharedState(model_spec(m), {(k.block, k.index, k.depth): k for k in model_layers(m)})
         to[STATE_KEY] = st
-        if st.spec.kind == "unet":
-            m.set_model_attn2_patch(_mark_cross)
-            m.set_model_attn2_output_patch(_clear_cross)
-        else:
-            m.add_wrapper_with_key("apply_model", "attention_focus_geometry", _apply_model)
-            if not st.spec.routed:
-                _route_hydit_cross_attention(m)
-        m.add_wrapper_with_key("outer_sample", "attention_focus_run", _outer_sample)
+        _install_wrappers(m, st)
+    else:
+        st = to[STATE_KEY] = st.copy()
+    st.effects.append(effect)
     return st
+
+
+def _install_wrappers(m, st: SharedState) -> None:
+    if st.spec.kind == "unet":
+        m.set_model_attn2_patch(_mark_cross)
+        m.set_model_attn2_output_patch(_clear_cross)
+    elif not st.spec.routed:
+        from .hydit_route import route_cross_attention
+
+        route_cross_attention(m, st.current, log)
+    m.add_wrapper_with_key("apply_model", "attention_focus_forward", _apply_model)
+    m.add_wrapper_with_key("predict_noise", "attention_focus_evaluation", _predict_noise)
+    m.add_wrapper_with_key("sampler_sample", "attention_focus_regions", _sampler_sample)
+    m.add_wrapper_with_key("outer_sample", "attention_focus_run", _outer_sample)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Wrappers and attn2 patches
 
 
 def _apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
-    """DiTs: record the token geometry of this model call for the attention override."""
+    """Record the latent size (and, for DiTs, the token geometry) of this model call."""
     to = transformer_options if transformer_options is not None else {}
-    st = to.get(STATE_KEY)
-    if not isinstance(st, SharedState) or st.spec.kind != "dit":
+    st = state_of(to)
+    if st is None:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-    fwd = ForwardInfo(geometry(st.spec, x, c_crossattn, kwargs), cross_only=not st.spec.routed)
+    geom = geometry(st.spec, x, c_crossattn, kwargs) if st.spec.kind == "dit" else None
+    fwd = ForwardInfo((int(x.shape[-2]), int(x.shape[-1])), geom, cross_only=not st.spec.routed)
     to[FWD_KEY] = fwd
     previous, st.current.to = st.current.to, to
     try:
@@ -235,48 +189,122 @@ def _apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, 
             del to[FWD_KEY]
 
 
-def _mark_cross(n, context, value, extra_options):
-    st = extra_options.get(STATE_KEY)
-    if isinstance(st, SharedState):
-        st.cross_pending = True
-    return n, context, value
+def _predict_noise(executor, *args, **kwargs):
+    """One sampler model evaluation: extra passes inside it (PAG, SAG, SLG) share its number."""
+    st = state_of(executor.class_obj.model_options.get("transformer_options"))
+    if st is not None:
+        st.run.evaluation += 1
+    return executor(*args, **kwargs)
 
 
-def _clear_cross(n, extra_options):
-    st = extra_options.get(STATE_KEY)
-    if isinstance(st, SharedState):
-        st.cross_pending = False
-    return n
+def _sampler_sample(executor, *args, **kwargs):
+    """After ComfyUI resolved the conditioning: record each prompt's areas and masks (latent cells)."""
+    guider = args[0] if args else None
+    st = state_of(getattr(guider, "model_options", {}).get("transformer_options"))
+    if st is not None:
+        hw = st.run.latent_hw
+        for entries in (getattr(guider, "conds", None) or {}).values():
+            for c in entries or []:
+                p = st.run.prompts.get(str(c.get("uuid")))
+                if p is not None:
+                    p.regions.append(_region(c, hw))
+    return executor(*args, **kwargs)
+
+
+def _region(c: dict, latent_hw: tuple[int, int]) -> tuple[Region | None, torch.Tensor | None]:
+    """(area, mask) of a resolved conditioning entry, as ``samplers.get_area_and_mult`` applies them."""
+    H, W = latent_hw
+    region = None
+    area = c.get("area")
+    if area is not None and len(area) >= 4 and not isinstance(area[0], str):
+        n = len(area) // 2  # (sizes…, offsets…); the last two dims are the latent's H and W
+        h, w, y, x = int(area[n - 2]), int(area[n - 1]), int(area[-2]), int(area[-1])
+        h, w = min(H - y, h), min(W - x, w)
+        if (h, w, y, x) != (H, W, 0, 0):
+            region = Region(h, w, y, x)
+    mask = c.get("mask")
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().float().cpu()
+        mask = mask.reshape(-1, *mask.shape[-2:]) * float(c.get("mask_strength", 1.0))
+    else:
+        mask = None
+    return region, mask
 
 
 def _outer_sample(executor, *args, **kwargs):
-    """Start of a sampling run: record the prompts (uuid → branch, length, tokens) and the latent size."""
+    """A sampling run: record the prompts and latent size, let every effect start and finish the run."""
     guider = executor.class_obj
-    st = guider.model_options.get("transformer_options", {}).get(STATE_KEY)
-    if isinstance(st, SharedState):
-        prompts: dict[str, PromptInfo] = {}
-        for branch, entries in (getattr(guider, "conds", None) or {}).items():
-            for slot, c in enumerate(entries or []):
-                if "uuid" not in c:
-                    continue
-                ctx = c.get("cross_attn")
-                length = int(ctx.shape[1]) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
-                if st.spec.kind == "dit":
-                    _check_context(guider, st.spec, branch, ctx)
-                    length = prompt_length(st.spec, c)
-                tokens = c.get(TOKENS_KEY)
-                if isinstance(tokens, TokenTable) and len(tokens) != length:
-                    log.warning("Attention Focus: the token table (%d positions) does not match the "
-                                "conditioning (%d); labelling by position", len(tokens), length)
-                    tokens = None
-                prompts[str(c["uuid"])] = PromptInfo(branch, slot, length,
-                                                     tokens if isinstance(tokens, TokenTable) else None)
-        _check_hooks_reachable(guider.model_options.get("transformer_options", {}))
-        noise = args[0]
-        st.run = RunState(prompts, (int(noise.shape[-2]), int(noise.shape[-1])), 0)
-        for hook in st.run_hooks:
-            hook(guider, st.run, noise, args[3])
-    return executor(*args, **kwargs)
+    to = guider.model_options.get("transformer_options", {})
+    st = state_of(to)
+    if st is None:
+        return executor(*args, **kwargs)
+    noise = args[0]
+    prompts = _prompts(guider, st)
+    _check_hooks_reachable(to)
+    st.run = RunState(prompts, (int(noise.shape[-2]), int(noise.shape[-1])), int(noise.shape[0]),
+                      origin=execution_origin())
+    run = st.run
+    for effect in st.effects:
+        if hasattr(effect, "start_run"):
+            effect.start_run(guider, run, noise, args[3])
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        st.run = RunState()  # an interrupted run leaves nothing behind
+    for effect in st.effects:
+        if hasattr(effect, "end_run"):
+            effect.end_run(run)
+    return out
+
+
+def _prompts(guider, st: SharedState) -> dict[str, PromptInfo]:
+    """uuid → PromptInfo for every conditioning entry of the run, with the token table that fits it."""
+    prompts: dict[str, PromptInfo] = {}
+    for branch, entries in (getattr(guider, "conds", None) or {}).items():
+        for slot, c in enumerate(entries or []):
+            if "uuid" not in c:
+                continue
+            ctx = c.get("cross_attn")
+            length = int(ctx.shape[1]) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
+            if st.spec.kind == "dit":
+                _check_context(guider, st.spec, branch, ctx)
+                length = prompt_length(st.spec, c)
+            tokens, note = tokens_for_conditioning(ctx, c.get(TOKENS_KEY), length)
+            if note:
+                log.warning("Attention Focus (%s prompt): %s", branch, note)
+            prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note)
+    return prompts
+
+
+def execution_origin() -> Origin | None:
+    """The ComfyUI node executing right now (prompt id, node id, list index, graph signature), if any."""
+    try:
+        from comfy_execution.progress import get_progress_state
+        from comfy_execution.utils import get_executing_context
+    except ImportError:  # ComfyUI without execution contexts (older than 0.3.4x)
+        return None
+    ctx = get_executing_context()
+    if ctx is None:
+        return None
+    registry = get_progress_state()
+    graph = getattr(registry, "dynprompt", None)
+    if graph is None or getattr(registry, "prompt_id", None) != ctx.prompt_id:
+        return Origin(str(ctx.prompt_id), str(ctx.node_id), str(ctx.node_id), ctx.list_index, "")
+    try:
+        real = str(graph.get_real_node_id(ctx.node_id))
+    except Exception:  # noqa: BLE001 - an unknown ephemeral id: use the node itself
+        real = str(ctx.node_id)
+    return Origin(str(ctx.prompt_id), str(ctx.node_id), real, ctx.list_index, node_signature(graph, real))
+
+
+def executing_prompt() -> tuple[str | None, int | None]:
+    """(prompt id, list index) of the node executing right now; (None, None) outside a prompt execution."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None, None
+    ctx = get_executing_context()
+    return (str(ctx.prompt_id), ctx.list_index) if ctx is not None else (None, None)
 
 
 def _check_context(guider, spec: FamilySpec, branch: str, ctx) -> None:
@@ -306,23 +334,36 @@ def _check_hooks_reachable(to: dict) -> None:
                     "layers are neither captured nor reweighted", ", ".join(replaced))
 
 
+def _mark_cross(n, context, value, extra_options):
+    st = state_of(extra_options)
+    if st is not None:
+        st.cross_pending = True
+    return n, context, value
+
+
+def _clear_cross(n, extra_options):
+    st = state_of(extra_options)
+    if st is not None:
+        st.cross_pending = False
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which attention call is which
+
+
 def _call_id(st: SharedState, to: dict) -> tuple[int, float]:
     """(call id, sigma) of the model call this attention belongs to (one id per transformer_options)."""
-    key = "attention_focus_call"
-    call = to.get(key)
+    call = to.get(CALL_KEY)
     if call is None:
         st.run.calls += 1
         sig = to.get("sigmas")
         sigma = float(sig.reshape(-1)[0]) if isinstance(sig, torch.Tensor) and sig.numel() else 0.0
-        call = to[key] = (st.run.calls, sigma)
+        call = to[CALL_KEY] = (st.run.calls, sigma)
     return call
 
 
-def _dit_call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, bhld: bool) -> CallInfo | None:
-    """Describe a DiT image→text attention call, or None if this call is not one."""
-    fwd = to.get(FWD_KEY)
-    if not isinstance(fwd, ForwardInfo):
-        return None
+def _dit_call_info(st: SharedState, to: dict, fwd: ForwardInfo, q, k, bhld: bool) -> CallInfo | None:
     geom = fwd.geom
     lq, lk = (q.shape[2], k.shape[2]) if bhld else (q.shape[1], k.shape[1])
     second = True
@@ -344,15 +385,15 @@ def _dit_call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, 
     if fwd.call is None:
         fwd.call = _call_id(st, to)
     call_id, sigma = fwd.call
-    uids = [str(u) for u in to.get("uuids", [])]
-    cou = list(to.get("cond_or_uncond", []))
-    return CallInfo(layer, uids, cou, sigma, call_id, geom.grid, geom, loc.rows, loc.key_base, loc.joint)
+    return CallInfo(layer, [str(u) for u in to.get("uuids", [])], list(to.get("cond_or_uncond", [])), sigma,
+                    call_id, st.run.evaluation, geom.grid, fwd.latent_hw, geom, loc.rows, loc.key_base, loc.joint)
 
 
-def _call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, bhld: bool) -> CallInfo | None:
+def call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, bhld: bool) -> CallInfo | None:
     """Describe an image→text attention call, or None if this call is not one."""
+    fwd = to.get(FWD_KEY)
     if st.spec.kind == "dit":
-        return _dit_call_info(st, to, q, k, bhld)
+        return _dit_call_info(st, to, fwd, q, k, bhld) if isinstance(fwd, ForwardInfo) else None
     if not st.cross_pending:
         return None
     st.cross_pending = False
@@ -362,19 +403,18 @@ def _call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, bhld
     layer = st.layer_table.get((block[0], int(block[1]), int(to.get("block_index", 0))))
     if layer is None:
         return None
-    call = _call_id(st, to)
     shape = to.get("activations_shape")
     n = q.shape[2] if bhld else q.shape[1]
-    if shape is not None and int(shape[-2]) * int(shape[-1]) == n:
-        hw = (int(shape[-2]), int(shape[-1]))
-    else:
+    if shape is None or int(shape[-2]) * int(shape[-1]) != n:
         return None
-    uids = [str(u) for u in to.get("uuids", [])]
-    cou = list(to.get("cond_or_uncond", []))
-    return CallInfo(layer, uids, cou, call[1], call[0], hw)
+    call_id, sigma = _call_id(st, to)
+    latent_hw = fwd.latent_hw if isinstance(fwd, ForwardInfo) else st.run.latent_hw
+    return CallInfo(layer, [str(u) for u in to.get("uuids", [])], list(to.get("cond_or_uncond", [])), sigma,
+                    call_id, st.run.evaluation, (int(shape[-2]), int(shape[-1])), latent_hw)
 
 
-def _branch(st: SharedState, info: CallInfo, i: int) -> str:
+def branch_at(st: SharedState, info: CallInfo, i: int) -> str:
+    """The branch (positive / negative / …) of the i-th batch chunk of a call."""
     p = st.run.prompts.get(info.uids[i]) if i < len(info.uids) else None
     if p is not None:
         return p.branch
@@ -382,366 +422,48 @@ def _branch(st: SharedState, info: CallInfo, i: int) -> str:
     return {0: "positive", 1: "negative"}.get(c, "other")
 
 
-def _sigma_window(model_patcher, start: float, end: float) -> tuple[float, float]:
+def sigma_window(model_patcher, start: float, end: float) -> tuple[float, float]:
+    """(σ_hi, σ_lo) of a step window given as fractions of the schedule."""
     ms = model_patcher.get_model_object("model_sampling")
     return float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
 
 
-def _split_args(args: tuple, kwargs: dict):
+def split_args(args: tuple, kwargs: dict):
+    """(q, k, v, heads, bhld, mask) of an attention call as ``optimized_attention`` receives it."""
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs.get("heads")
     bhld = bool(kwargs.get("skip_reshape", False))
-    if len(args) > 4:
-        mask = args[4]
-    else:
-        mask = kwargs.get("mask")
+    mask = args[4] if len(args) > 4 else kwargs.get("mask")
     return q, k, v, heads, bhld, mask
 
 
-def _call_next(prev, func, args, kwargs):
+def call_next(prev, func, args, kwargs):
     return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Reweighting
-
-
-@dataclass
-class Reweighter:
-    """Per-word attention weights applied inside cross-attention (one reweight node)."""
-
-    spec: list[tuple[str, float]]
-    mode: str  # "scale" | "renormalize"
-    layers: set[LayerKey]
-    branches: set[str]
-    start: float
-    end: float
-    sigma_hi: float = 0.0
-    sigma_lo: float = 0.0
-    per_uid: dict[str, dict[int, float]] = field(default_factory=dict)
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def start_run(self, guider, run: RunState, noise, sigmas) -> None:
-        self.sigma_hi, self.sigma_lo = _sigma_window(guider.model_patcher, self.start, self.end)
-        self.per_uid = {}
-        for uid, p in run.prompts.items():
-            if p.branch not in self.branches:
-                continue
-            weights: dict[int, float] = {}
-            for target, w in self.spec:
-                if p.tokens is None and not target.startswith("#"):
-                    raise AttentionFocusError(
-                        f"cannot find {target!r}: the {p.branch} prompt carries no token table. Encode it "
-                        "with 'Attention Focus Text Encode' or address tokens by position (#N)")
-                table = p.tokens
-                if table is None:
-                    table = positional_table(p.length)
-                try:
-                    for pos in resolve(table, target):
-                        weights[pos] = weights.get(pos, 1.0) * w
-                except ValueError as e:
-                    raise AttentionFocusError(f"reweight ({p.branch} prompt): {e}") from None
-            if any(v != 1.0 for v in weights.values()):
-                self.per_uid[uid] = weights
-
-    def row_weights(self, st: SharedState, info: CallInfo, batch: int, key_len: int,
-                    device) -> torch.Tensor | None:
-        """(batch, key_len) weights for this call, or None when nothing applies."""
-        if not self.per_uid or info.layer not in self.layers:
-            return None
-        if not (self.sigma_lo <= info.sigma <= self.sigma_hi):
-            return None
-        n = max(1, len(info.uids))
-        per = batch // n
-        w = None
-        for i, uid in enumerate(info.uids):
-            weights = self.per_uid.get(uid)
-            if weights is None or _branch(st, info, i) not in self.branches:
-                continue
-            if w is None:
-                w = torch.ones(batch, key_len, dtype=torch.float32, device=device)
-            rows = slice(i * per, (i + 1) * per)
-            if info.geom is not None:  # DiT: every key column that carries the prompt position
-                key_rel, pos = info.geom.key_map()
-                for p, val in weights.items():
-                    cols = key_rel[pos == p] + info.key_base
-                    w[rows, cols.to(device)] = val
-                continue
-            length = st.run.prompts[uid].length
-            if length <= 0 or key_len % length:
-                continue
-            for p, val in weights.items():
-                w[rows, p:key_len:length] = val
-        return w
-
-
-def add_reweight(model, spec: list[tuple[str, float]], mode: str, layer_spec: str, branch: str,
-                 start: float, end: float):
-    """Clone ``model`` and install a reweight; returns the clone."""
-    check_step_window(start, end)
-    m = model.clone()
-    layers = set(resolve_layers(m, layer_spec))
-    st = _shared(m)
-    rw = Reweighter(spec, mode, layers, branch_of(branch), start, end)
-    st.run_hooks.append(rw.start_run)
-    st.reweighters.append(rw)
-
-    def hook(st: SharedState, info: CallInfo | None, prev, func, *args, **kwargs):
-        if info is not None:
-            q, k, v, heads, bhld, mask = _split_args(args, kwargs)
-            w = rw.row_weights(st, info, q.shape[0], k.shape[2] if bhld else k.shape[1], q.device)
-            if w is not None:
-                if info.joint and info.rows is not None:
-                    return _call_rows_weighted(prev, func, args, kwargs, w, mode, bhld, info.rows)
-                args, kwargs = _apply_weights(args, kwargs, w, mode, bhld, q)
-        return _call_next(prev, func, args, kwargs)
-
-    _install_shared_override(m, hook)
-    return m
-
-
-def _apply_weights(args, kwargs, w: torch.Tensor, mode: str, bhld: bool, q: torch.Tensor):
-    args = list(args)
-    if mode == "scale":
-        args[2] = scale_value_rows(args[2], w, bhld)
-        return tuple(args), kwargs
-    # (B, 1, 1, Lk): every backend broadcasts it over heads and queries, none has to materialise Lq × Lk
-    bias = log_weight_bias(w).to(q.dtype)[:, None, None, :]
-    if len(args) > 4:
-        old = args[4]
-        args[4] = bias if old is None else old + bias
-    else:
-        old = kwargs.get("mask")
-        kwargs = dict(kwargs)
-        kwargs["mask"] = bias if old is None else old + bias
-    return tuple(args), kwargs
-
-
-def _rows_of(args, kwargs, bhld: bool, start: int, stop: int):
-    """The same attention call restricted to query rows [start, stop) (mask rows too)."""
-    dim = 2 if bhld else 1
-    args = list(args)
-    lq = args[0].shape[dim]
-    args[0] = args[0].narrow(dim, start, stop - start)
-
-    def cut(m):
-        if isinstance(m, torch.Tensor) and m.ndim >= 2 and m.shape[-2] == lq:
-            return m.narrow(-2, start, stop - start)
-        return m
-
-    if len(args) > 4:
-        args[4] = cut(args[4])
-    elif kwargs.get("mask") is not None:
-        kwargs = dict(kwargs)
-        kwargs["mask"] = cut(kwargs["mask"])
-    return tuple(args), kwargs
-
-
-def _call_rows_weighted(prev, func, args, kwargs, w: torch.Tensor, mode: str, bhld: bool, rows: slice):
-    """Joint attention: weights act on the image queries only (as in cross-attention); the text (and
-    reference-image) queries are computed by a separate call with the original keys and values.
-    Attention is row-independent, so splitting the queries leaves every other row unchanged."""
-    q = args[0]
-    lq = q.shape[2] if bhld else q.shape[1]
-    r0, r1, _ = rows.indices(lq)
-    out_dim = 2 if kwargs.get("skip_output_reshape", False) else 1
-    outs = []
-    for s, e, weighted in ((0, r0, False), (r0, r1, True), (r1, lq, False)):
-        if e <= s:
-            continue
-        a, kw = _rows_of(args, kwargs, bhld, s, e)
-        if weighted:
-            a, kw = _apply_weights(a, kw, w, mode, bhld, a[0])
-        outs.append(_call_next(prev, func, a, kw))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=out_dim)
-
-
-def _install_shared_override(m, hook: Callable) -> None:
+def install_override(m, hook: Callable) -> None:
     """Install ``hook(st, info, prev, func, *args, **kwargs)`` as a chained attention override.
 
     Our hooks may be stacked (capture over reweight or the reverse). The first of ours to see a call
-    consumes the cross-attention mark and stores the CallInfo in transformer_options for the others.
+    describes it and stores the CallInfo in transformer_options for the others.
     """
     to = m.model_options.setdefault("transformer_options", {})
     prev = to.get("optimized_attention_override")
 
     def override(func, *args, **kwargs):
         to = kwargs.get("transformer_options")
-        st = to.get(STATE_KEY) if to is not None else None
-        if not isinstance(st, SharedState):
-            return _call_next(prev, func, args, kwargs)
-        owner = "attention_focus_info" not in to
+        st = state_of(to)
+        if st is None:
+            return call_next(prev, func, args, kwargs)
+        owner = INFO_KEY not in to
         if owner:
-            q, k, v, heads, bhld, mask = _split_args(args, kwargs)
-            to["attention_focus_info"] = _call_info(st, to, q, k, bhld)
+            q, k, v, heads, bhld, mask = split_args(args, kwargs)
+            to[INFO_KEY] = call_info(st, to, q, k, bhld)
         try:
-            return hook(st, to["attention_focus_info"], prev, func, *args, **kwargs)
+            return hook(st, to[INFO_KEY], prev, func, *args, **kwargs)
         finally:
             if owner:
-                to.pop("attention_focus_info", None)
+                to.pop(INFO_KEY, None)
 
     override._attention_focus = True
     to["optimized_attention_override"] = override
-
-
-# ---------------------------------------------------------------------------------------------------
-# Capture
-
-
-def add_capture(model, layer_spec: str, branch: str, start: float, end: float, head_reduction: str,
-                softmax: str = "all"):
-    """Clone ``model`` and install attention capture; returns (clone, AttentionMaps).
-
-    ``softmax`` (DiTs): ``all`` = the model's own joint softmax over text and image keys (exact),
-    ``text`` = renormalised over the prompt's text keys only (cheaper; what most DiT heat-map tools show).
-    """
-    check_step_window(start, end)
-    if head_reduction not in ("mean", "max"):
-        raise AttentionFocusError(f"head_reduction must be mean or max, not {head_reduction!r}")
-    if softmax not in ("all", "text"):
-        raise AttentionFocusError(f"softmax must be 'all' or 'text', not {softmax!r}")
-    m = model.clone()
-    layers = set(resolve_layers(m, layer_spec))
-    st = _shared(m)
-    family = model_family(m)
-    maps = AttentionMaps({"family": family, "layers": layer_spec, "branch": branch,
-                          "head_reduction": head_reduction, "start": start, "end": end,
-                          "softmax": softmax if st.spec.kind == "dit" else "cross"})
-    maps.family = family
-    branches = branch_of(branch)
-    window = {"hi": 0.0, "lo": 0.0}
-    seen: dict[tuple[str, float], int] = {}
-
-    def start_run(guider, run: RunState, noise, sigmas) -> None:
-        window["hi"], window["lo"] = _sigma_window(guider.model_patcher, start, end)
-        seen.clear()
-        maps.start_run(run.prompts, run.latent_hw, int(noise.shape[0]))
-
-    st.run_hooks.append(start_run)
-
-    def hook(st: SharedState, info: CallInfo | None, prev, func, *args, **kwargs):
-        if info is not None and info.layer in layers and window["lo"] <= info.sigma <= window["hi"]:
-            with torch.no_grad():
-                _capture(st, maps, info, args, kwargs, branches, seen)
-        return _call_next(prev, func, args, kwargs)
-
-    _install_shared_override(m, hook)
-    return m, maps
-
-
-def _capture(st: SharedState, maps: AttentionMaps, info: CallInfo, args, kwargs, branches, seen) -> None:
-    q, k, v, heads, bhld, mask = _split_args(args, kwargs)
-    n = max(1, len(info.uids))
-    per = q.shape[0] // n
-    key_len = k.shape[2] if bhld else k.shape[1]
-    weights = [rw.row_weights(st, info, q.shape[0], key_len, q.device)
-               for rw in st.reweighters]
-    for i, uid in enumerate(info.uids):
-        if _branch(st, info, i) not in branches:
-            continue
-        prompt = st.run.prompts.get(uid)
-        length = prompt.length if prompt is not None else key_len
-        first = seen.setdefault((uid, round(info.sigma, 6)), info.call_id)
-        if first != info.call_id:  # an extra pass at a sigma already seen (PAG/SAG/SLG): not canonical
-            continue
-        rows = slice(i * per, (i + 1) * per)
-        bias = None
-        scale = None
-        for rw, w in zip(st.reweighters, weights, strict=True):
-            if w is None:
-                continue
-            if rw.mode == "scale":
-                scale = w[rows] if scale is None else scale * w[rows]
-            else:
-                b = log_weight_bias(w[rows])
-                bias = b if bias is None else bias + b
-        m = None
-        if mask is not None and isinstance(mask, torch.Tensor):
-            m = mask[rows] if mask.ndim >= 3 and mask.shape[0] == q.shape[0] else mask
-        if info.geom is not None:
-            _capture_dit(maps, info, uid, q[rows], k[rows], heads, bhld, m, bias, scale)
-            continue
-        p = cross_attention_probs(q[rows], k[rows], heads, bhld=bhld,
-                                  reduce=maps.settings.get("head_reduction", "mean"), mask=m, key_bias=bias)
-        if scale is not None:
-            p = p * scale[:, None, :]
-        p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
-        maps.store.add(uid, info.layer, p, info.hw, info.call_id)
-
-
-def _capture_dit(maps: AttentionMaps, info: CallInfo, uid: str, q, k, heads: int, bhld: bool, mask, bias, scale):
-    """Image-query → prompt-token probabilities of one DiT call, folded onto prompt positions."""
-    geom = info.geom
-    key_rel, pos = geom.key_map()
-    cols = key_rel.to(q.device) + info.key_base
-    normalize = "all" if maps.settings.get("softmax", "all") == "all" and info.joint else "text"
-    p = attention_probs_at(q, k, heads, info.rows, cols, bhld=bhld, normalize=normalize,
-                           reduce=maps.settings.get("head_reduction", "mean"), mask=mask, key_bias=bias)
-    if scale is not None:
-        p = p * scale[:, cols][:, None, :]
-    if geom.folds:  # repeated streams (HiDream)
-        folded = p.new_zeros(p.shape[0], p.shape[1], geom.prompt_len)
-        p = folded.index_add_(2, pos.to(p.device), p)
-    if geom.frames > 1:  # video: mean over frames of each patch
-        p = p.reshape(p.shape[0], geom.frames, -1, p.shape[-1]).mean(1)
-    maps.store.add(uid, info.layer, p, info.hw, info.call_id,
-                   merge_as=LayerKey("dit", 0, 0, info.layer.level))
-
-
-# ---------------------------------------------------------------------------------------------------
-# HunyuanDiT: its cross-attention passes no transformer_options, so the override never sees it
-
-
-def _route_hydit_cross_attention(m) -> None:
-    """Object-patch every ``attn2.forward`` of a HunyuanDiT with a copy that reaches the override."""
-    for i, block in enumerate(m.model.diffusion_model.blocks):
-        attn = getattr(block, "attn2", None)
-        if attn is None:
-            continue
-        key = f"diffusion_model.blocks.{i}.attn2.forward"
-        if key in m.object_patches:  # another node patched it: leave theirs, and say so
-            log.warning("Attention Focus: %s is patched by another node; that layer is not captured", key)
-            continue
-        m.add_object_patch(key, _HyDiTCrossForward(attn, m.model_options["transformer_options"][STATE_KEY].current))
-
-
-class _HyDiTCrossForward:
-    """``CrossAttention.forward`` of comfy/ldm/hydit/attn_layers.py, with transformer_options passed on.
-
-    Same operations in the same order as ComfyUI's method, so the output is unchanged; the only
-    difference is that ``optimized_attention`` receives the running call's transformer_options.
-    """
-
-    def __init__(self, module, current: CurrentCall) -> None:
-        self.module = module
-        self.current = current
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, x, y, freqs_cis_img=None):
-        from comfy.ldm.hydit.attn_layers import apply_rotary_emb  # ComfyUI is importable at run time
-        from comfy.ldm.modules.attention import optimized_attention
-
-        a = self.module
-        b, s1, _ = x.shape
-        s2 = y.shape[1]
-        q = a.q_proj(x).view(b, s1, a.num_heads, a.head_dim)
-        kv = a.kv_proj(y).view(b, s2, 2, a.num_heads, a.head_dim)
-        k, v = kv.unbind(dim=2)
-        q = a.q_norm(q)
-        k = a.k_norm(k)
-        if freqs_cis_img is not None:
-            q, _ = apply_rotary_emb(q, None, freqs_cis_img)
-        q = q.transpose(-2, -3).contiguous()
-        k = k.transpose(-2, -3).contiguous()
-        v = v.transpose(-2, -3).contiguous()
-        kwargs = {"skip_reshape": True, "attn_precision": a.attn_precision}
-        to = self.current.to
-        if to is not None:
-            kwargs["transformer_options"] = to
-        context = optimized_attention(q, k, v, a.num_heads, **kwargs)
-        out = a.proj_drop(a.out_proj(context))
-        return (out,)

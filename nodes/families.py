@@ -1,19 +1,22 @@
-"""Which model family a diffusion model is, its attention layers, and its per-forward token geometry.
+"""Everything the hooks know about a model family: which family a model is, its attention layers, and
+the token geometry of one model call.
 
 Duck-typed on the ComfyUI module classes (by class name and attributes), so this file imports nothing
 from ComfyUI. One ``FamilySpec`` per supported diffusion-model class; ``geometry`` turns the inputs
-of one model call (latent shape, context, extra conditioning) into a ``dit_layout.Geometry``.
+of one model call (latent shape, context, extra conditioning) into a ``dit_layout.Geometry``;
+``model_spec`` / ``model_layers`` / ``model_family`` answer the same questions for a ModelPatcher.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .dit_layout import Geometry, TextPart, patch_grid, text_first
-from .layer_spec import LayerKey
+from .errors import AttentionFocusError
+from .layer_spec import LayerKey, describe_layers, select_layers
 
 UNET_NAMES = ("UNetModel",)
 
@@ -32,12 +35,6 @@ class FamilySpec:
     routed: bool = True  # its attention reaches optimized_attention_override by itself
     block_ids: bool = False  # ComfyUI (0.3.75+) puts block_type/block_index in transformer_options
     context_attr: str = ""  # module whose in_features is the expected text feature size
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def level(self) -> int:
-        """Resolution level of the patch grid (2 → 1: the grid is half the latent)."""
-        return max(0, self.patch.bit_length() - 1)
 
 
 # supported DiT families, for messages and the README
@@ -146,3 +143,79 @@ def expected_context_dim(dm, spec: FamilySpec) -> int | None:
             return None
     n = getattr(mod, "in_features", None)
     return int(n) if isinstance(n, int) else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# ModelPatcher-level questions
+
+UNSUPPORTED_BASES = ("Flux2",)  # Flux.2: Mistral text left-padded to 512 inside the model
+SUPPORTED = "SD1.x, SD2.x, SDXL (UNet) and the DiTs " + ", ".join(DIT_FAMILIES)
+
+
+def model_family(model) -> str:
+    """A short family name for a ModelPatcher's model (``sd1``, ``sd2``, ``sdxl``, ``Flux``, ...)."""
+    cfg = getattr(model.model, "model_config", None)
+    name = type(cfg).__name__ if cfg is not None else type(model.model).__name__
+    dm = getattr(model.model, "diffusion_model", None)
+    if type(dm).__name__ not in UNET_NAMES:
+        spec = family_spec(dm)
+        return spec.name if spec is not None else f"{name} ({type(dm).__name__})"
+    if name.startswith("SDXL") or name in ("SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"):
+        return "sdxl"
+    if name.startswith(("SD2", "SD20", "SD21")):
+        return "sd2"
+    return "sd1" if name.startswith("SD1") else name.lower()
+
+
+def model_spec(model) -> FamilySpec:
+    """The family spec of a ModelPatcher's model; AttentionFocusError naming the family if unsupported."""
+    dm = getattr(model.model, "diffusion_model", None)
+    spec = family_spec(dm)
+    if type(model.model).__name__ in UNSUPPORTED_BASES:  # same module class, different text layout
+        spec = None
+    if spec is None:
+        cfg = getattr(model.model, "model_config", None)
+        name = type(cfg).__name__ if cfg is not None else type(model.model).__name__
+        raise AttentionFocusError(f"Attention Focus does not support the {name} model family "
+                                  f"({type(dm).__name__}) yet. Supported: {SUPPORTED}.")
+    return spec
+
+
+def model_layers(model) -> list[LayerKey]:
+    """Every image→text attention layer of the model, in execution order."""
+    spec = model_spec(model)
+    return unet_layers(model) if spec.kind == "unet" else list(spec.layers)
+
+
+def unet_layers(model) -> list[LayerKey]:
+    """Every cross-attention layer of a UNet, with its resolution level, in execution order."""
+    dm = model.model.diffusion_model
+
+    def depth(block) -> int:
+        return sum(len(m.transformer_blocks) for m in block if type(m).__name__ in
+                   ("SpatialTransformer", "SpatialVideoTransformer") and hasattr(m, "transformer_blocks")
+                   and any(getattr(tb, "attn2", None) is not None for tb in m.transformer_blocks))
+
+    layers: list[LayerKey] = []
+    level = 0
+    for i, block in enumerate(dm.input_blocks):
+        if any(type(m).__name__ == "Downsample" for m in block):
+            level += 1
+        layers += [LayerKey("input", i, d, level) for d in range(depth(block))]
+    mid = dm.middle_block
+    layers += [LayerKey("middle", 0, d, level) for d in range(depth(mid) if mid is not None else 0)]
+    for i, block in enumerate(dm.output_blocks):
+        layers += [LayerKey("output", i, d, level) for d in range(depth(block))]
+        if any(type(m).__name__ == "Upsample" for m in block):
+            level -= 1
+    return layers
+
+
+def resolve_layers(model, spec: str) -> list[LayerKey]:
+    """Layers of ``model`` selected by ``spec``; errors name the available layers."""
+    available = model_layers(model)
+    chosen = select_layers(spec, available)
+    if not chosen:
+        raise AttentionFocusError(f"the layer spec {spec!r} selects no cross-attention layer of this model. "
+                                  f"Available: {describe_layers(available)}")
+    return chosen

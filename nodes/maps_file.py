@@ -64,7 +64,8 @@ def load_maps(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MapsFileError(f"{name!r} has format {meta.get('format') if isinstance(meta, dict) else None!r}, "
                             f"not {FORMAT!r}: choose a file written by Attention Focus Save Maps")
-    if int(meta.get("version", 0)) > VERSION:
+    _check_fields(name, meta)
+    if meta.get("version", 0) > VERSION:
         raise MapsFileError(f"{name!r} was written by a newer Attention Focus (file version "
                             f"{meta.get('version')}, this one reads {VERSION}): update the node pack")
     if maps is None:
@@ -79,6 +80,60 @@ def load_maps(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     return maps.float(), meta
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(n: int | None):
+    return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(_is_int(x) and x >= 0 for x in v)
+
+
+# metadata fields this reader uses: name → (check, what it must be)
+_FIELDS = {
+    "version": (lambda v: _is_int(v) and v >= 0, "a whole number"),
+    "model_family": (lambda v: isinstance(v, str), "a text"),
+    "branch": (lambda v: isinstance(v, str), "a text"),
+    "head_reduction": (lambda v: isinstance(v, str), "a text"),
+    "softmax": (lambda v: isinstance(v, str), "a text"),
+    "steps": (lambda v: _is_int(v) and v >= 0, "a whole number"),
+    "latent_size": (_ints(2), "a list of two whole numbers"),
+    "image_size": (_ints(2), "a list of two whole numbers"),
+    "layers": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of texts"),
+    "levels": (_ints(None), "a list of whole numbers"),
+    "tokens": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of token rows"),
+    "token_table": (lambda v: v is None or isinstance(v, dict), "a token table object or null"),
+    "prompts": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects"),
+}
+
+
+def _check_fields(name: str, meta: dict[str, Any]) -> None:
+    for key, (ok, what) in _FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise MapsFileError(f"{name!r}: metadata field {key!r} is {json.dumps(meta[key])[:60]}, but must be "
+                                f"{what}; the file is damaged or was edited: save the maps again")
+
+
+def maps_from_file(maps: torch.Tensor, meta: dict[str, Any]):
+    """A MapSet from a loaded file (the token table rebuilt; MapsFileError if it is damaged)."""
+    from .capture_store import MapSet
+    from .token_table import TokenTable
+
+    table = meta.get("token_table")
+    tokens = None
+    if table:
+        try:
+            tokens = TokenTable.from_json(table)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise MapsFileError(f"the file's token table is damaged ({type(e).__name__}: {e}); save the maps "
+                                "again") from None
+        if len(tokens) != maps.shape[1]:
+            raise MapsFileError(f"the file's token table has {len(tokens)} rows but the maps have {maps.shape[1]} "
+                                "tokens; save the maps again")
+    return MapSet(maps, tokens, meta)
+
+
+# longest file name most file systems allow (bytes); the counter and suffix take the rest
+_NAME_MAX = 255
 _ALLOWED = re.compile(r"[^A-Za-z0-9 _.\-]")
 
 
@@ -99,6 +154,10 @@ def safe_output_path(output_dir: str | Path, filename_prefix: str, suffix: str =
         parts.append(part)
     if not parts:
         raise ValueError(f"filename_prefix {filename_prefix!r} has no usable name; use e.g. 'attention_focus/maps'")
+    for i, part in enumerate(parts):
+        if len(part.encode("utf-8")) + (len(suffix) + 7 if i == len(parts) - 1 else 0) > _NAME_MAX:
+            raise ValueError(f"filename_prefix: the name {part[:40]!r}… is {len(part)} characters long; file and "
+                             f"folder names may have at most {_NAME_MAX - len(suffix) - 7} characters: shorten it")
     folder = root.joinpath(*parts[:-1])
     if not folder.resolve().is_relative_to(root):
         raise ValueError(f"filename_prefix {filename_prefix!r} leads outside the output folder")

@@ -1,28 +1,30 @@
-"""ComfyUI node classes of Attention Focus: thin adapters over the tensor modules and comfy_patch."""
+"""ComfyUI node classes of Attention Focus: inputs, tooltips, and one call each into the modules below."""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from typing import Any
 
-import torch
-
 from . import comfy_patch as cp
-from .capture_store import AttentionMaps, MapSet, word_maps
-from .maps_file import MapsFileError, list_maps_files, load_maps, safe_output_path, save_maps
-from .render import COLORMAPS, apply_colormap, draw_caption, make_grid, normalize_maps, resize_maps
+from .capture import add_capture
+from .capture_store import AttentionMaps, MapSet, select_words
+from .cond_tokens import register
+from .errors import AttentionFocusError
+from .maps_file import MapsFileError, list_maps_files, load_maps, maps_from_file, safe_output_path, save_maps
+from .provenance import record_for_image
+from .render import COLORMAPS, render_heatmaps
+from .reweight import add_reweight
 from .text_layout import context_tokens
-from .token_table import TokenTable, WordNotFound, parse_targets, positional_table, resolve, restrict_streams
+from .token_table import TokenTable, positional_table, restrict_streams
+from .word_syntax import parse_weights
+
+log = logging.getLogger("attention_focus")
 
 CATEGORY = "attention focus"
 ATTENTION_MAPS = "ATTENTION_MAPS"
-MAPS_FORMAT = "attention-focus-maps"
-
-
-def tokens_for(clip, text: str) -> TokenTable:
-    """The token table of ``text``: one row per position of the conditioning ``clip`` produces, for every
-    text encoder layout (CLIP, T5, Qwen, Gemma, BERT/mT5, ...); positions when the layout is unknown."""
-    return context_tokens(clip, text)[0]
+_PROVENANCE = {"dynprompt": "DYNPROMPT", "unique_id": "UNIQUE_ID"}
 
 
 class AttentionFocusTextEncode:
@@ -33,8 +35,9 @@ class AttentionFocusTextEncode:
         return {"required": {
             "clip": ("CLIP", {"tooltip": "The CLIP text encoder, as for CLIPTextEncode."}),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                                "tooltip": "The prompt. Weights like (word:1.2), BREAK and embedding:name work "
-                                           "as in CLIPTextEncode; the token table keeps their labels."}),
+                                "tooltip": "The prompt, exactly as for CLIPTextEncode: weights like (word:1.2) and "
+                                           "embedding:name work and keep their labels. (ComfyUI has no BREAK "
+                                           "keyword: 'BREAK' is an ordinary word there.)"}),
         }}
 
     RETURN_TYPES = ("CONDITIONING",)
@@ -50,8 +53,11 @@ class AttentionFocusTextEncode:
         length = int(cond[0][0].shape[1]) if cond else None
         table, note = context_tokens(clip, text, context_length=length)
         if note:
-            cp.log.warning("Attention Focus Text Encode: %s", note)
-        return ([[t, {**d, cp.TOKENS_KEY: table}] for t, d in cond],)
+            log.warning("Attention Focus Text Encode: %s", note)
+        # each entry's table remembers the exact tensor it labels (to follow ConditioningConcat & co.)
+        return ([[t, {**d, cp.TOKENS_KEY: register(t, TokenTable(table.rows, table.words, table.encoder,
+                                                                  table.text, dict(table.meta)))}]
+                 for t, d in cond],)
 
 
 _WINDOW = {
@@ -86,7 +92,7 @@ class AttentionFocusCapture:
                             "the text's total share is below 1). 'text keys' renormalises over the prompt's "
                             "tokens only (cheaper, sharper contrast, what most DiT heat-map tools show). "
                             "UNet models are unaffected."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
     RETURN_NAMES = ("model", "attention_maps")
@@ -98,44 +104,56 @@ class AttentionFocusCapture:
                    "image is unchanged.")
 
     def patch(self, model, layers: str, branch: str, start_percent: float, end_percent: float,
-              head_reduction: str, dit_softmax: str = "all keys"):
+              head_reduction: str, dit_softmax: str = "all keys", unique_id: str | None = None):
         softmax = {"all keys": "all", "text keys": "text"}.get(dit_softmax)
         if softmax is None:
-            raise ValueError(f"dit_softmax must be 'all keys' or 'text keys', not {dit_softmax!r}")
-        m, maps = cp.add_capture(model, layers, branch, start_percent, end_percent, head_reduction, softmax)
-        return (m, maps)
+            raise AttentionFocusError(f"dit_softmax must be 'all keys' or 'text keys', not {dit_softmax!r}")
+        return add_capture(model, layers, branch, start_percent, end_percent, head_reduction, softmax,
+                           node_id=str(unique_id) if unique_id is not None else "")
 
 
-def _mapset(maps: AttentionMaps, branch: str) -> MapSet:
+def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
+    """The maps of ``branch`` from the run that made this node's ``image`` (see provenance)."""
     if not isinstance(maps, AttentionMaps):
-        raise ValueError("attention_maps must come from Attention Focus Capture or Load Maps")
-    return maps.result(branch)
+        raise AttentionFocusError("attention_maps must come from Attention Focus Capture or Load Maps")
+    if maps.loaded is not None:
+        return maps.loaded
+    prompt_id, list_index = cp.executing_prompt()
+
+    def describe(node_id: str) -> str:
+        try:
+            return f"{dynprompt.get_node(node_id).get('class_type', 'node')} (node {node_id})"
+        except Exception:  # noqa: BLE001 - an id the graph does not know
+            return f"node {node_id}"
+
+    graph = dynprompt if unique_id is not None else None
+    record = record_for_image(maps.node_id, maps.latest, graph, str(unique_id), "image", prompt_id, list_index,
+                              describe=describe)
+    return record.result(branch)
 
 
 def _labels(ms: MapSet, text: str, clip) -> TokenTable:
     if text.strip() and clip is not None:
-        table = tokens_for(clip, text)
+        table = context_tokens(clip, text)[0]
         if len(table) != ms.maps.shape[1]:
-            raise ValueError(f"the text gives {len(table)} token positions but the maps have "
-                             f"{ms.maps.shape[1]}: give the exact prompt used for sampling")
+            raise AttentionFocusError(f"text: the text gives {len(table)} token positions but the maps have "
+                                      f"{ms.maps.shape[1]}: give the exact prompt used for sampling")
         return table
     if ms.tokens is not None:
         return ms.tokens
     return positional_table(ms.maps.shape[1])
 
 
-def _word_groups(table: TokenTable, words: str) -> tuple[list[str], list[tuple[int, ...]]]:
-    targets = parse_targets(words)
-    if not targets:
-        if table.meta.get("positional"):
-            raise ValueError("these maps carry no token labels (the prompt was encoded with a stock "
-                             "CLIPTextEncode): list token positions like '#1, #2', or connect the prompt "
-                             "'text' and 'clip' inputs, or encode with Attention Focus Text Encode")
-        words_all = table.merged_words()
-        if not words_all:
-            raise ValueError("the prompt has no words to show: type the words to map")
-        return [w.text for w in words_all], [w.positions for w in words_all]
-    return targets, [resolve(table, t) for t in targets]
+def _check_image(ms: MapSet, image) -> None:
+    b, _, lh, lw = ms.maps.shape
+    ib, ih, iw = image.shape[0], image.shape[1], image.shape[2]
+    if ih % lh or iw % lw or ih // lh != iw // lw:
+        raise AttentionFocusError(
+            f"image: the maps were captured on a {lw}x{lh} latent (a {lw * 8}x{lh * 8} image) but the image is "
+            f"{iw}x{ih}: connect the image decoded from the same sampler")
+    if ib != b:
+        raise AttentionFocusError(f"image: the maps hold {b} image(s) but the IMAGE input has {ib}: connect the "
+                                  "image decoded from the same sampler")
 
 
 class AttentionFocusHeatmap:
@@ -146,8 +164,8 @@ class AttentionFocusHeatmap:
         return {
             "required": {
                 "attention_maps": (ATTENTION_MAPS, {"tooltip": "From Attention Focus Capture or Load Maps."}),
-                "image": ("IMAGE", {"tooltip": "The decoded image of the same sampler (this also makes the "
-                                               "heat map run after sampling)."}),
+                "image": ("IMAGE", {"tooltip": "The decoded image of the sampler that used the capture: the maps "
+                                               "shown are always that run's."}),
                 "words": ("STRING", {"default": "", "multiline": False, "tooltip":
                           "Comma-separated words or phrases of the prompt ('cat, red hat'); empty = every "
                           "word. '#5' = token position 5; 'hat[2]' = second occurrence only."}),
@@ -170,6 +188,7 @@ class AttentionFocusHeatmap:
                                 "every stream into one map; a stream name ('clip_l', 'clip_g', 't5xxl', "
                                 "'hydit_clip', 'mt5xl', 'llama') shows that stream only."}),
             },
+            "hidden": _PROVENANCE,
         }
 
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
@@ -182,52 +201,26 @@ class AttentionFocusHeatmap:
     DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
 
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
-               branch: str, text: str = "", clip=None, text_stream: str = "all"):
-        ms = _mapset(attention_maps, branch)
+               branch: str, text: str = "", clip=None, text_stream: str = "all", dynprompt=None, unique_id=None):
+        if not isinstance(opacity, (int, float)) or not math.isfinite(opacity) or not 0.0 <= opacity <= 1.0:
+            raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {opacity!r}")
+        ms = _mapset(attention_maps, branch, dynprompt, unique_id)
         table = _labels(ms, text or "", clip)
         if text_stream.strip().lower() not in ("", "all"):
             streams = table.streams()
             if text_stream.strip() not in streams:
-                raise ValueError(f"text_stream {text_stream.strip()!r} is not in these maps' prompt; it has "
-                                 f"{', '.join(streams) or 'a single unnamed stream'}. Use 'all' or one of them")
+                raise AttentionFocusError(
+                    f"text_stream {text_stream.strip()!r} is not in these maps' prompt; it has "
+                    f"{', '.join(streams) or 'a single unnamed stream'}. Use 'all' or one of them")
             table = restrict_streams(table, text_stream.strip())
-        try:
-            names, groups = _word_groups(table, words)
-        except WordNotFound as e:
-            raise ValueError(str(e)) from None
-        maps = ms.maps.float()
-        b, _, lh, lw = maps.shape
-        ib, ih, iw = image.shape[0], image.shape[1], image.shape[2]
-        if ih % lh or iw % lw or ih // lh != iw // lw:
-            raise ValueError(f"the maps were captured on a {lw}x{lh} latent (a {lw * 8}x{lh * 8} image) but "
-                             f"the image is {iw}x{ih}: connect the image decoded from the same sampler")
-        if ib != b:
-            raise ValueError(f"the maps hold {b} image(s) but the IMAGE input has {ib}: connect the image "
-                             "decoded from the same sampler")
-        wm = word_maps(maps, groups)  # (B, W, lh, lw)
-        n = wm.shape[1]
-        big = resize_maps(wm.reshape(b * n, lh, lw), (ih, iw))
-        if normalization == "shared":
-            norm = torch.cat([normalize_maps(big[i * n:(i + 1) * n], "shared") for i in range(b)])
-        else:
-            norm = normalize_maps(big, "per word")
-        img = image.float().cpu()
-        colours = apply_colormap(norm, colormap)
-        overlays, grids = [], []
-        for i in range(b):
-            tiles = [draw_caption(img[i], "image")]
-            for j in range(n):
-                o = (1 - opacity) * img[i] + opacity * colours[i * n + j]
-                o = draw_caption(o.clamp(0, 1), names[j])
-                overlays.append(o)
-                tiles.append(o)
-            grids.append(make_grid(torch.stack(tiles)))
-        grid = torch.stack(grids)
+        names, wm = select_words(ms, table, words)
+        _check_image(ms, image)
+        overlays, grid, masks = render_heatmaps(wm, image, names, colormap, opacity, normalization)
         ui = {"images": _preview(grid), "attention_focus_words": list(dict.fromkeys(table.word_texts()))}
-        return {"ui": ui, "result": (torch.stack(overlays), grid, norm.clamp(0, 1))}
+        return {"ui": ui, "result": (overlays, grid, masks)}
 
 
-def _preview(images: torch.Tensor) -> list[dict[str, str]]:
+def _preview(images) -> list[dict[str, str]]:
     """Save images as PNGs in ComfyUI's temp folder for the node's preview; returns their UI records."""
     import uuid
 
@@ -253,12 +246,12 @@ class AttentionFocusSaveMaps:
     def INPUT_TYPES(cls):
         return {"required": {
             "attention_maps": (ATTENTION_MAPS, {"tooltip": "From Attention Focus Capture or Load Maps."}),
-            "image": ("IMAGE", {"tooltip": "The decoded image of the same sampler (orders saving after "
-                                           "sampling and records the image size)."}),
+            "image": ("IMAGE", {"tooltip": "The decoded image of the sampler that used the capture: the maps "
+                                           "saved are that run's (also records the image size)."}),
             "filename_prefix": ("STRING", {"default": "attention_focus/maps", "tooltip":
                                 "File name prefix inside ComfyUI's output folder; subfolders with '/'."}),
             "branch": (["positive", "negative"], {"default": "positive", "tooltip": "Which prompt's maps."}),
-        }}
+        }, "hidden": _PROVENANCE}
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True
@@ -266,15 +259,15 @@ class AttentionFocusSaveMaps:
     CATEGORY = CATEGORY
     DESCRIPTION = "Writes the raw per-token maps (no pickle) for analysis outside ComfyUI or reloading."
 
-    def save(self, attention_maps, image, filename_prefix: str, branch: str):
+    def save(self, attention_maps, image, filename_prefix: str, branch: str, dynprompt=None, unique_id=None):
         import folder_paths
 
-        ms = _mapset(attention_maps, branch)
+        ms = _mapset(attention_maps, branch, dynprompt, unique_id)
+        _check_image(ms, image)
         out_dir = folder_paths.get_output_directory()
         path = safe_output_path(out_dir, filename_prefix)
         meta = dict(ms.meta)
         meta.update({
-            "format": MAPS_FORMAT, "version": 1,
             "image_size": [int(image.shape[1]), int(image.shape[2])],
             "tokens": ms.tokens.to_list() if ms.tokens is not None else [],
             "token_table": ms.tokens.to_json() if ms.tokens is not None else None,
@@ -308,7 +301,7 @@ class AttentionFocusLoadMaps:
         out = os.path.realpath(folder_paths.get_output_directory())
         path = os.path.realpath(os.path.join(out, file))
         if not file or os.path.commonpath([out, path]) != out:
-            raise MapsFileError(f"{file!r} is not a file inside ComfyUI's output folder")
+            raise MapsFileError(f"file: {file!r} is not a file inside ComfyUI's output folder")
         return path
 
     @classmethod
@@ -328,10 +321,7 @@ class AttentionFocusLoadMaps:
 
     def load(self, file: str):
         maps, meta = load_maps(self._path(file))
-        table = meta.get("token_table")
-        tokens = TokenTable.from_json(table) if table else None
-        return (AttentionMaps(settings={"family": meta.get("model_family", "")},
-                              mapset=MapSet(maps, tokens, meta)),)
+        return (AttentionMaps(mapset=maps_from_file(maps, meta), family=str(meta.get("model_family", ""))),)
 
 
 class AttentionFocusReweight:
@@ -361,12 +351,10 @@ class AttentionFocusReweight:
 
     def patch(self, model, weights: str, mode: str, layers: str, branch: str, start_percent: float,
               end_percent: float):
-        from .reweight_spec import parse_weights
-
         spec = parse_weights(weights, mode)
         if not spec:
             return (model,)
-        return (cp.add_reweight(model, spec, mode, layers, branch, start_percent, end_percent),)
+        return (add_reweight(model, spec, mode, layers, branch, start_percent, end_percent),)
 
 
 NODE_CLASS_MAPPINGS: dict[str, Any] = {

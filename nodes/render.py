@@ -7,6 +7,7 @@ Images are float tensors (H, W, 3) in [0, 1], as ComfyUI's IMAGE.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,25 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def draw_caption(image: torch.Tensor, text: str) -> torch.Tensor:
-    """Write ``text`` on a dark band at the top-left of an (H, W, 3) image; same size returned."""
+def _drawable(text: str, font) -> str:
+    """``text`` as the font can draw it: the bitmap default font (Pillow < 10.1, or Pillow without FreeType)
+    knows Latin-1 only, so other characters are simplified (é → e) or shown as '?'."""
+    from PIL import Image, ImageDraw
+
+    try:
+        ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+        return text
+    except (UnicodeError, ValueError, OSError):
+        plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+        return plain.encode("latin-1", "replace").decode("latin-1")
+
+
+def draw_caption(image: torch.Tensor, text: str, font=None) -> torch.Tensor:
+    """Write ``text`` on a dark band at the top-left of an (H, W, 3) image; same size returned.
+
+    Never fails on the text: characters the font cannot draw are replaced (see ``_drawable``).
+    ``font``: a PIL font to use instead of the default one (tests use the bitmap font).
+    """
     if not text:
         return image
     import numpy as np
@@ -73,7 +91,8 @@ def draw_caption(image: torch.Tensor, text: str) -> torch.Tensor:
 
     h, w = image.shape[0], image.shape[1]
     size = max(10, min(32, h // 16))
-    font = _font(size)
+    font = font if font is not None else _font(size)
+    text = _drawable(text, font)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
     pad = max(2, size // 4)
@@ -131,3 +150,31 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return maps.float().clamp(min=0)
     up = F.interpolate(maps.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
     return up.clamp(min=0)
+
+
+def render_heatmaps(word_maps: torch.Tensor, image: torch.Tensor, names: list[str], colormap: str, opacity: float,
+                    normalization: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The heat-map node's pictures from per-word maps.
+
+    ``word_maps``: (B, W, h, w) latent-grid maps of W words; ``image``: (B, H, W', 3) in [0, 1] with H/h =
+    W'/w. Returns (overlays (B·W, H, W', 3) captioned with the word, grids (B, …) of the image and its
+    overlays, masks (B·W, H, W') in [0, 1]). ``normalization``: ``per word`` or ``shared`` (one scale per
+    image for all its words).
+    """
+    b, n, lh, lw = word_maps.shape
+    ih, iw = image.shape[1], image.shape[2]
+    big = resize_maps(word_maps.reshape(b * n, lh, lw), (ih, iw))
+    if normalization == "shared":
+        norm = torch.cat([normalize_maps(big[i * n:(i + 1) * n], "shared") for i in range(b)])
+    else:
+        norm = normalize_maps(big, normalization)
+    img = image.float().cpu()
+    overlays, grids = [], []
+    for i in range(b):
+        tiles = [draw_caption(img[i], "image")]
+        for j in range(n):
+            o = draw_caption(overlay(img[i], norm[i * n + j], colormap, opacity), names[j])
+            overlays.append(o)
+            tiles.append(o)
+        grids.append(make_grid(torch.stack(tiles)))
+    return torch.stack(overlays), torch.stack(grids), norm.clamp(0, 1)

@@ -297,7 +297,10 @@ def _detect_scheme(chunks: Sequence[Sequence[tuple]], inv_vocab: Mapping[int, st
 
 
 def _is_punctuation(text: str) -> bool:
-    return bool(text) and all(unicodedata.category(c)[0] in "PS" for c in text)
+    """Punctuation and plain symbols (``,`` ``+`` ``$``) only. Emoji and other pictographs (category So)
+    are content: ``a 🐱 in Tokyo`` lists 🐱 as a word."""
+    return bool(text) and all(unicodedata.category(c) in ("Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc",
+                                                          "Sk") for c in text)
 
 
 def build_table(
@@ -418,33 +421,6 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text).casefold())
 
 
-def parse_targets(spec: str) -> list[str]:
-    """Split a comma-separated word list; quoted items may contain commas (``"red, hat"``).
-
-    Raises ValueError on unbalanced quotes.
-    """
-    items: list[str] = []
-    buf: list[str] = []
-    quote: str | None = None
-    for ch in spec:
-        if quote:
-            if ch == quote:
-                quote = None
-            else:
-                buf.append(ch)
-        elif ch in "\"'" and not "".join(buf).strip():
-            quote = ch
-        elif ch == ",":
-            items.append("".join(buf).strip())
-            buf = []
-        else:
-            buf.append(ch)
-    if quote:
-        raise ValueError(f"unbalanced quote {quote} in {spec!r}: close the quoted phrase")
-    items.append("".join(buf).strip())
-    return [i for i in items if i]
-
-
 def _stream_set(table: TokenTable, streams: str | Iterable[str] | None) -> set[str] | None:
     if streams is None:
         return None
@@ -495,6 +471,7 @@ def find_positions(table: TokenTable, phrase: str, stream: str | Iterable[str] |
     Matching is by the words' characters with spaces removed, NFKC-normalised and case folded, at word
     boundaries, so ``wizard hat``, ``photo-realistic`` or ``word21`` match however the tokenizer split
     them. ``#12`` (or ``#3-5``) selects raw positions. ``hat[2]`` selects the second occurrence only.
+    A textual-inversion word is found by its name, typed as ``name`` or as in the prompt, ``embedding:name``.
 
     Multi-stream tables (SD3: CLIP and T5; HunyuanDiT: BERT and mT5): the phrase is searched in each
     stream separately (a phrase never spans two streams) and occurrences are counted per stream; the
@@ -504,7 +481,7 @@ def find_positions(table: TokenTable, phrase: str, stream: str | Iterable[str] |
     A phrase that ends inside a word of one stream (``1`` where T5 has the word ``21`` and CLIP the
     words ``2`` ``1``) is found only in the streams whose word boundaries fit it.
     """
-    phrase = phrase.strip()
+    phrase = EMBEDDING_RE.sub(r"\1", phrase.strip())  # 'embedding:name' as typed in the prompt = 'name'
     occurrence = None
     m = _OCCURRENCE_RE.match(phrase)
     if m and not phrase.startswith("#"):

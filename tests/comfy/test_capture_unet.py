@@ -13,7 +13,7 @@ import torch.nn.functional as F
 def env(comfy):
     from harness import fixtures
 
-    from attention_focus.nodes import comfy_patch as cp
+    from harness import pack as cp
 
     return comfy, fixtures, cp
 
@@ -133,7 +133,7 @@ def test_cfg1_and_repeated_context_folding(env):
     p, n = maps.result("positive"), maps.result("negative")
     assert p.maps.shape[1] == 154 and n.maps.shape[1] == 77
     # probabilities over the true tokens sum to 1 per pixel, per layer and step (before upsampling)
-    for grid in maps.store.sums.values():
+    for grid in maps.last_run.store.sums.values():
         assert torch.allclose(grid.sum(1), torch.full_like(grid.sum(1), 2.0), atol=1e-4)
     # cfg 1: the negative is never evaluated, the positive still is
     m1, maps1 = cp.add_capture(mp, "all", "both", 0.0, 1.0, "mean")

@@ -23,7 +23,7 @@ LATENT = (9, 7)  # odd on purpose: circular padding to a 5×4 patch grid must be
 def env(comfy):
     from harness import dit_fixtures as dfx
 
-    from attention_focus.nodes import comfy_patch as cp
+    from harness import pack as cp
 
     return dfx, cp
 
@@ -179,8 +179,8 @@ def test_capture_matches_an_independent_float64_softmax(env, family, overrides, 
     assert res.maps.shape == (1, prompt_len, *LATENT)
     assert res.meta["model_family"] == cp.model_family(mp)
 
-    (uid,) = {k[0] for k in maps.store.sums if maps.prompts[k[0]].branch == "positive"}
-    (got,) = [v for k, v in maps.store.sums.items() if k[0] == uid]
+    (uid,) = {k[0] for k in maps.last_run.store.sums if maps.last_run.prompts[k[0]].branch == "positive"}
+    (got,) = [v for k, v in maps.last_run.store.sums.items() if k[0] == uid]
     got = got[0].reshape(prompt_len, -1).T.double()  # (n_img, prompt_len)
     torch.testing.assert_close(got, exp, atol=2e-5, rtol=1e-4)
     if layout[0] != "cross":
@@ -200,7 +200,7 @@ def test_text_keys_softmax_option(env, family):
     res = maps.result("positive")
     prompt_len = res.maps.shape[1]
     exp, n_calls, _ = _expected_sum(rec, _layout(family, pos, mp, LATENT), prompt_len, normalize="text")
-    (got,) = [v for k, v in maps.store.sums.items() if maps.prompts[k[0]].branch == "positive"]
+    (got,) = [v for k, v in maps.last_run.store.sums.items() if maps.last_run.prompts[k[0]].branch == "positive"]
     got = got[0].reshape(prompt_len, -1).T.double()
     torch.testing.assert_close(got, exp, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got.sum(1), torch.full((got.shape[0],), float(n_calls), dtype=torch.float64))
@@ -376,7 +376,7 @@ def test_store_memory_is_one_grid_per_prompt_independent_of_steps_and_layers(env
     for steps in (1, 3):
         m, maps = cp.add_capture(mp, "all", "both", 0.0, 1.0, "mean")
         _sample(dfx, m, pos, neg, lat, steps=steps)
-        sizes.append((maps.store.nbytes(), maps.store.peak_bytes))
+        sizes.append((maps.last_run.store.nbytes(), maps.last_run.store.peak_bytes))
         assert maps.result().meta["steps"] == steps
     n_tokens = pos[0][0].shape[1] + neg[0][0].shape[1]
     formula = 4 * 1 * n_tokens * 5 * 4  # fp32 · batch · tokens · patch grid, for both prompts
@@ -406,7 +406,7 @@ def test_flux_regional_attention_mask_enters_the_softmax(env):
     res = maps.result()
     prompt_len = res.maps.shape[1]
     exp, n_calls, _ = _expected_sum(rec, _layout("flux", pos, mp, LATENT), prompt_len)
-    (got,) = [v for k, v in maps.store.sums.items() if maps.prompts[k[0]].branch == "positive"]
+    (got,) = [v for k, v in maps.last_run.store.sums.items() if maps.last_run.prompts[k[0]].branch == "positive"]
     got = got[0].reshape(prompt_len, -1).T.double()
     torch.testing.assert_close(got, exp, atol=2e-5, rtol=1e-4)
     rec.calls = [{**c, "mask": None} for c in rec.calls]

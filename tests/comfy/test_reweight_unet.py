@@ -12,7 +12,7 @@ import torch
 def env(comfy):
     from harness import fixtures
 
-    from attention_focus.nodes import comfy_patch as cp
+    from harness import pack as cp
 
     return fixtures, cp
 
@@ -95,6 +95,7 @@ def test_reweight_does_not_leak_into_the_model_it_was_cloned_from(env):
 def _layer_call(cp, m, layer_name: str, weights: dict[int, float], mode: str):
     """Call one real CrossAttention module through the patched model's transformer_options."""
     from attention_focus.nodes.capture_store import PromptInfo
+    from attention_focus.nodes.reweight import RunWeights
 
     dm = m.model.diffusion_model
     block = dm.input_blocks[1]
@@ -104,9 +105,8 @@ def _layer_call(cp, m, layer_name: str, weights: dict[int, float], mode: str):
     state = to[cp.STATE_KEY]
     uid = "u-positive"
     state.run.prompts = {uid: PromptInfo("positive", 0, 77, None)}
-    rw = state.reweighters[-1]
-    rw.per_uid = {uid: weights}
-    rw.sigma_hi, rw.sigma_lo = 1e9, 0.0
+    rw = state.reweighters()[-1]
+    state.run.data[id(rw)] = RunWeights({uid: weights}, 1e9, 0.0)
     h, w = 5, 7
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, h * w, attn2.to_q.in_features, generator=g)
@@ -145,7 +145,7 @@ def test_modes_match_explicit_references_on_a_real_layer(env, mode):
 
 def test_bad_specs_are_refused(env):
     fixtures, cp = env
-    from attention_focus.nodes.reweight_spec import parse_weights
+    from attention_focus.nodes.word_syntax import parse_weights
 
     for bad in ["red:abc", ":2", "red", '"red:2']:
         with pytest.raises(ValueError):

@@ -450,7 +450,6 @@ def test_hunyuan_dit_bert_then_mt5(clips):
 
 def test_unknown_layout_gives_positions_and_a_note(clips, comfy, caplog):
     from attention_focus.nodes.comfy_patch import TOKENS_KEY
-    from attention_focus.nodes.node_defs import tokens_for
     from attention_focus.nodes.text_layout import context_tokens
 
     clip = clips("hunyuan_video")
@@ -461,7 +460,7 @@ def test_unknown_layout_gives_positions_and_a_note(clips, comfy, caplog):
     assert "token labels are positions" in note and "l, llama" in note
     assert table.word_texts()[:2] == ["#0", "#1"] and table.meta["note"] == note
     # without the length it is learned by encoding once
-    assert len(tokens_for(clip, PROMPT)) == n
+    assert len(context_tokens(clip, PROMPT)[0]) == n
     with caplog.at_level("WARNING", logger="attention_focus"), torch.inference_mode():
         out = comfy.nodes.NODE_CLASS_MAPPINGS["AttentionFocusTextEncode"]().encode(clip, PROMPT)[0]
     assert "Attention Focus Text Encode: token labels are positions" in caplog.text

@@ -169,15 +169,15 @@ def test_fold_repeated_keys():
             am.fold_repeated_keys(p, bad)
 
 
-def test_expand_positions_and_weight_vector():
-    exp = am.expand_positions({3: 2.0, 10: 0.5, 80: 5.0}, 77, 231)
-    assert exp == {3: 2.0, 10: 0.5, 80: 2.0, 87: 0.5, 157: 2.0, 164: 0.5}
-    assert am.expand_positions({5: 1.5}, 77, 77) == {5: 1.5}
-    with pytest.raises(ValueError, match="not a multiple"):
-        am.expand_positions({1: 2.0}, 77, 100)
-    w = am.weight_vector({0: 2.0, 4: 0.5, 9: 7.0, -1: 3.0}, 5)
-    assert w.tolist() == [2.0, 1.0, 1.0, 1.0, 0.5] and w.dtype == torch.float32
-    assert am.weight_vector({}, 3, dtype=torch.float16).dtype == torch.float16
+def test_combine_reweights_multiplies_scales_and_adds_log_biases():
+    w1 = torch.tensor([[1.0, 2.0, 0.5]])
+    w2 = torch.tensor([[3.0, 1.0, 1.0]])
+    assert am.combine_reweights([]) == (None, None)
+    scale, bias = am.combine_reweights([("scale", w1), ("renormalize", w2), ("scale", w2), ("renormalize", w1)])
+    torch.testing.assert_close(scale, w1 * w2)
+    torch.testing.assert_close(bias, torch.log(w1 * w2))
+    scale, bias = am.combine_reweights([("renormalize", w1)])
+    assert scale is None and torch.allclose(bias, torch.log(w1))
 
 
 @pytest.mark.parametrize("bhld", [False, True])

@@ -25,7 +25,6 @@ from attention_focus.nodes.token_table import (
     concat_tables,
     find_positions,
     normalize_text,
-    parse_targets,
     piece_text,
     positional_table,
     resolve,
@@ -314,23 +313,6 @@ def test_word_not_found_lists_the_words(table):
     assert isinstance(e.value, ValueError)
     with pytest.raises(WordNotFound, match=r"\(no words\)"):
         resolve(TokenTable([], []), "x")
-
-
-def test_parse_targets():
-    assert parse_targets("red, wizard hat ,#5") == ["red", "wizard hat", "#5"]
-    assert parse_targets('"red, hat", blue') == ["red, hat", "blue"]
-    assert parse_targets("'a, b',c") == ["a, b", "c"]
-    assert parse_targets("don't, stop") == ["don't", "stop"]  # an apostrophe inside a word is no quote
-    assert parse_targets(" , ,") == []
-    assert parse_targets("") == []
-    with pytest.raises(ValueError, match=r"unbalanced quote \".*close the quoted phrase"):
-        parse_targets('red, "wizard hat')
-    with pytest.raises(ValueError, match="unbalanced quote '"):
-        parse_targets("'red")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Serialisation and other tokenizers
 
 
 def test_json_round_trip(table):

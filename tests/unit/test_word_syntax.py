@@ -1,9 +1,10 @@
-"""Parsing the reweight node's weights text."""
+"""What users type: the heat map's word lists and the reweight node's weights."""
 
 from __future__ import annotations
 
 import pytest
-from attention_focus.nodes.reweight_spec import FORMAT, WeightSpecError, parse_weights
+from attention_focus.nodes.word_syntax import (FORMAT, MAX_WEIGHT, WeightSpecError, parse_targets, parse_weights,
+                                               split_items)
 
 
 def test_good_spec():
@@ -39,18 +40,20 @@ def test_negative_and_zero_weights_in_scale_mode():
 @pytest.mark.parametrize(
     "spec, fragments",
     [
-        ("red:abc", ["weight 'abc' of 'red' is not a number", FORMAT]),
+        ("red:abc", ["'abc' (the weight of 'red') is not a number", FORMAT]),
         (":2", ["missing word before ':2'", FORMAT]),
         ("red", ["missing weight for 'red'", FORMAT]),
         ("red:2, blue", ["missing weight for 'blue'", "'red:2, blue'"]),
-        ("red:", ["weight '' of 'red' is not a number"]),
+        ("red:", ["'' (the weight of 'red') is not a number"]),
         ('"red:2', ["unbalanced quote", FORMAT]),
         ("'red, hat:2", ["unbalanced quote"]),
         ('"red" hat:2', ["unexpected text 'hat:2' after the quoted phrase", FORMAT]),
         ('"red"', ["missing weight for 'red'"]),
-        ("red:nan", ["weight 'nan' of 'red' must be a finite number"]),
-        ("red:inf", ["must be a finite number"]),
-        ("red:-inf", ["must be a finite number"]),
+        ("red:nan", ["'nan' (the weight of 'red') is outside the usable range", "between -1000 and 1000"]),
+        ("red:inf", ["outside the usable range"]),
+        ("red:-inf", ["outside the usable range"]),
+        ("red:1e39", ["'1e39' (the weight of 'red') is outside the usable range"]),
+        ("red:-1000.5", ["outside the usable range"]),
     ],
 )
 def test_errors_name_the_item_and_the_fix(spec, fragments):
@@ -61,12 +64,12 @@ def test_errors_name_the_item_and_the_fix(spec, fragments):
     assert isinstance(e.value, ValueError)
 
 
-@pytest.mark.parametrize("spec", ["red:0", "red:2, blue:-0.5", "red:-0.0"])
+@pytest.mark.parametrize("spec", ["red:0", "red:2, blue:-0.5", "red:-0.0", "red:1e-4"])
 def test_renormalize_needs_positive_weights(spec):
     with pytest.raises(WeightSpecError) as e:
         parse_weights(spec, mode="renormalize")
     msg = str(e.value)
-    assert "not allowed in renormalize mode" in msg and "w must be > 0" in msg and "use scale mode" in msg
+    assert "not allowed in renormalize mode" in msg and "w must be at least 0.001" in msg and "use scale mode" in msg
 
 
 def test_unknown_mode():
@@ -77,3 +80,28 @@ def test_unknown_mode():
 def test_format_example_is_valid():
     example = FORMAT.split("e.g. ")[1].strip("'")
     assert parse_weights(example) == [("red", 2.0), ("wizard hat", 0.5), ("#5", 1.5)]
+
+
+def test_weight_limits_are_inclusive():
+    assert parse_weights(f"red:{MAX_WEIGHT}, blue:-{MAX_WEIGHT}") == [("red", MAX_WEIGHT), ("blue", -MAX_WEIGHT)]
+    assert parse_weights("red:0.001", "renormalize") == [("red", 0.001)]
+
+
+def test_parse_targets():
+    assert parse_targets("red, wizard hat ,#5") == ["red", "wizard hat", "#5"]
+    assert parse_targets('"red, hat", blue') == ["red, hat", "blue"]
+    assert parse_targets("'a, b',c") == ["a, b", "c"]
+    assert parse_targets("don't, stop") == ["don't", "stop"]  # an apostrophe inside a word is no quote
+    assert parse_targets(" , ,") == []
+    assert parse_targets("") == []
+    with pytest.raises(ValueError, match="unbalanced quote"):
+        parse_targets('red, "wizard hat')
+    with pytest.raises(ValueError, match="unbalanced quote"):
+        parse_targets("'red")
+
+
+def test_one_splitter_for_words_and_weights():
+    spec = '"red, hat":2, don\'t:0.5, #5:1'
+    assert split_items(spec) == ['"red, hat":2', " don't:0.5", " #5:1"]
+    assert [t for t, _ in parse_weights(spec)] == ["red, hat", "don't", "#5"]
+    assert parse_targets('"red, hat", don\'t, #5') == ["red, hat", "don't", "#5"]
