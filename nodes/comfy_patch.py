@@ -177,7 +177,7 @@ def _apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, 
     st = state_of(to)
     if st is None:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-    geom = geometry(st.spec, x, c_crossattn, kwargs) if st.spec.kind == "dit" else None
+    geom = geometry(st.spec, x, c_crossattn, kwargs, to) if st.spec.kind == "dit" else None
     fwd = ForwardInfo((int(x.shape[-2]), int(x.shape[-1])), geom, cross_only=not st.spec.routed)
     to[FWD_KEY] = fwd
     previous, st.current.to = st.current.to, to

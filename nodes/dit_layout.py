@@ -19,6 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import AttentionFocusError
+
+
+class LayoutError(AttentionFocusError):
+    """An attention call whose shape the known layout of its family does not explain: refused, never guessed."""
+
 
 @dataclass(frozen=True)
 class TextPart:
@@ -39,6 +45,8 @@ class Geometry:
     grid: tuple[int, int]  # image patch grid (rows, columns) of the target latent
     frames: int = 1
     prompt_len: int = 0
+    n_total: int = 0  # joint orders: the exact sequence length of an image→text call (0: not checked)
+    family: str = ""  # for messages
 
     @property
     def n_img(self) -> int:
@@ -81,32 +89,50 @@ def patch_grid(height: int, width: int, patch: int) -> tuple[int, int]:
     return math.ceil(height / patch), math.ceil(width / patch)
 
 
+def padded(n: int, multiple: int | None) -> int:
+    """``n`` rounded up to a multiple (Lumina 2 / Z-Image pad captions and images to 32 tokens)."""
+    return n + (-n) % multiple if multiple else n
+
+
 def text_first(n_text: int, prompt_len: int, grid: tuple[int, int], registers: int = 0,
-               pad_multiple: int | None = None) -> Geometry:
-    """Joint ``[registers, prompt, caption padding, image, …]`` layout (SD3, Flux, AuraFlow, Qwen, Lumina)."""
-    span = n_text
-    if pad_multiple:
-        span += (-n_text) % pad_multiple
-    return Geometry("txt_first", span, (TextPart(registers, prompt_len, 0),), grid, 1, prompt_len)
+               pad_multiple: int | None = None, extra: int = 0, family: str = "") -> Geometry:
+    """Joint ``[registers, prompt, caption padding, image, image padding, references…]`` layout (SD3, Flux,
+    AuraFlow, Qwen, Lumina); ``extra`` = reference-image tokens after the target image."""
+    span = padded(n_text, pad_multiple)
+    n_img = grid[0] * grid[1]
+    total = span + padded(n_img, pad_multiple) + extra
+    return Geometry("txt_first", span, (TextPart(registers, prompt_len, 0),), grid, 1, prompt_len, total, family)
 
 
 def located(geom: Geometry, lq: int, lk: int, ambiguous_odd: bool = True) -> Located | None:
     """Where the image queries and text keys of a call are, or None if it is not image→text attention.
 
-    Joint calls are recognised by their length (text span + image grid, plus any reference or
-    padding tokens); image-only and text-only calls (MMDiT-X, Lumina refiners) are shorter. For
-    cross-attention a call whose query and key counts both equal the text and image counts is
-    ambiguous (self-attention looks the same); ``ambiguous_odd`` says which the caller decided.
+    Joint calls are recognised by their length: image-only and text-only calls (MMDiT-X, Lumina refiners)
+    are shorter than text span + image grid; a call at least that long must have exactly the family's
+    length (``n_total``: text, image, padding and reference tokens), else LayoutError — a variant whose
+    layout is unknown is refused, never mislabelled. Cross-attention: a call with the text's key count
+    must have the image's query count, else LayoutError. A call whose query and key counts both equal the
+    text and image counts is ambiguous (self-attention looks the same); ``ambiguous_odd`` says which the
+    caller decided.
     """
     n_img, n_text = geom.n_img, geom.n_text
     if geom.order == "cross":
-        if lq != n_img or lk != n_text:
+        if lk != n_text or (lq == lk and not ambiguous_odd):
             return None
-        if lq == lk and not ambiguous_odd:
-            return None
+        if lq != n_img:
+            raise LayoutError(
+                f"Attention Focus does not know this {geom.family or 'model'} layout: a cross-attention call over the "
+                f"{n_text} text tokens has {lq} queries where the {n_img} image tokens were expected (an input that "
+                "adds frames or reference tokens). Remove the Attention Focus nodes from this model's chain")
         return Located(slice(0, n_img), 0, False)
     if lq != lk or lk < n_text + n_img:
         return None
+    if geom.n_total and lk != geom.n_total:
+        raise LayoutError(
+            f"Attention Focus does not know this {geom.family or 'model'} layout: a joint attention call has {lk} "
+            f"tokens where {geom.n_total} were expected ({n_text} text + {n_img} image"
+            f"{f' + {geom.n_total - n_text - n_img} reference/padding' if geom.n_total > n_text + n_img else ''}). "
+            "It is a variant the pack cannot label yet; remove the Attention Focus nodes from this model's chain")
     if geom.order == "txt_first":
         return Located(slice(n_text, n_text + n_img), 0, True)
     return Located(slice(0, n_img), n_img, True)

@@ -9,6 +9,7 @@ of one model call (latent shape, context, extra conditioning) into a ``dit_layou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +103,62 @@ def _len(t, dim: int = 1) -> int:
     return int(t.shape[dim]) if isinstance(t, torch.Tensor) and t.ndim > dim else 0
 
 
-def geometry(spec: FamilySpec, x: torch.Tensor, context: torch.Tensor | None, extra: dict[str, Any]) -> Geometry:
-    """Token layout of one model call: ``x`` is the latent batch, ``context`` the c_crossattn tensor."""
+def _ref_tokens(refs, patch: int) -> int:
+    """Tokens of reference latents appended after the target image (Flux Kontext, Qwen-Image-Edit)."""
+    total = 0
+    for r in refs or []:
+        if isinstance(r, torch.Tensor) and r.ndim >= 4:
+            frames = int(r.shape[2]) if r.ndim == 5 else 1
+            total += frames * math.ceil(int(r.shape[-2]) / patch) * math.ceil(int(r.shape[-1]) / patch)
+    return total
+
+
+def _refuse(spec: FamilySpec, what: str) -> None:
+    raise AttentionFocusError(
+        f"Attention Focus does not support {what} on {spec.name} yet: its image tokens are not laid out as the "
+        "pack knows (maps and reweighting would be wrong). Remove the Attention Focus nodes from this model's "
+        "chain for this workflow")
+
+
+# model inputs that change a family's token layout in ways the pack does not label: (family, kwarg, variant)
+_REFUSED_INPUTS = (
+    ("HiDream", "image_cond", "HiDream-E1 editing (the edited and the reference image share the token rows)"),
+    ("Lumina 2", "ref_latents", "Z-Image Omni / edit (reference images, SigLIP tokens, target image last)"),
+    ("Lumina 2", "siglip_feats", "Z-Image Omni / edit (SigLIP image tokens)"),
+    ("Lumina 2", "ref_contexts", "Z-Image Omni / edit (reference captions)"),
+    ("Lumina 2", "direct_context", "extra caption tokens (direct_context)"),
+    ("Lumina 2", "ref_frames", "Ming-Image reference frames"),
+    ("Wan", "reference_latent", "a Wan reference latent (Fun-Control reference tokens before the video)"),
+    ("Wan", "time_dim_concat", "Wan time-concatenated subject frames (Phantom)"),
+    ("Wan", "context_latents", "Wan in-context reference latents"),
+    ("Wan", "vace_context", "Wan VACE control streams"),
+    ("Flux", "post_input", "USO style reference (SigLIP tokens before the prompt)"),
+)
+
+
+def _check_inputs(spec: FamilySpec, x: torch.Tensor, extra: dict[str, Any], to: dict | None) -> None:
+    """Refuse, by name, the variants of a family whose layout differs from what ``geometry`` describes."""
+    if extra.get("latent_shapes") is not None:
+        _refuse(spec, "packed multi-stream latents (audio + video)")
+    patches = (to or {}).get("patches", {}) or {}
+    for family, key, variant in _REFUSED_INPUTS:
+        if family == spec.name:
+            value = patches.get(key) if key == "post_input" else extra.get(key)
+            if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 0):
+                _refuse(spec, variant)
+    if spec.name == "Qwen-Image" and x.ndim == 5 and int(x.shape[2]) != 1:
+        _refuse(spec, f"a {int(x.shape[2])}-frame latent (Qwen-Image-Layered)")
+    if spec.name == "Lumina 2" and x.ndim == 5:
+        _refuse(spec, "video latents (Ming-Image)")
+
+
+def geometry(spec: FamilySpec, x: torch.Tensor, context: torch.Tensor | None, extra: dict[str, Any],
+             to: dict | None = None) -> Geometry:
+    """Token layout of one model call: ``x`` is the latent batch, ``context`` the c_crossattn tensor, ``extra``
+    the model's keyword inputs, ``to`` its transformer_options. Exact lengths per family (see
+    ``dit_layout.located``); AttentionFocusError for a known variant the pack does not label (``_REFUSED_INPUTS``).
+    """
+    _check_inputs(spec, x, extra, to)
     frames = int(x.shape[2]) if x.ndim == 5 else 1
     grid = patch_grid(int(x.shape[-2]), int(x.shape[-1]), spec.patch)
     n_ctx = _len(context)
@@ -112,13 +167,17 @@ def geometry(spec: FamilySpec, x: torch.Tensor, context: torch.Tensor | None, ex
         # per block: [image, T5, last Llama layer, this block's Llama layer]; prompt = T5 then Llama tokens,
         # and both Llama copies of a token add up on its position
         parts = (TextPart(0, n_ctx, 0), TextPart(n_ctx, n_llama, n_ctx), TextPart(n_ctx + n_llama, n_llama, n_ctx))
-        return Geometry("img_first", n_ctx + 2 * n_llama, parts, grid, frames, n_ctx + n_llama)
+        n_text = n_ctx + 2 * n_llama
+        return Geometry("img_first", n_text, parts, grid, frames, n_ctx + n_llama,
+                        n_text + frames * grid[0] * grid[1], spec.name)
     if spec.name == "HunyuanDiT":
         n_t5 = _len(extra.get("encoder_hidden_states_t5"))
-        return Geometry("cross", n_ctx + n_t5, (TextPart(0, n_ctx + n_t5, 0),), grid, frames, n_ctx + n_t5)
+        return Geometry("cross", n_ctx + n_t5, (TextPart(0, n_ctx + n_t5, 0),), grid, frames, n_ctx + n_t5,
+                        family=spec.name)
     if spec.order == "cross":
-        return Geometry("cross", n_ctx, (TextPart(0, n_ctx, 0),), grid, frames, n_ctx)
-    return text_first(spec.registers + n_ctx, n_ctx, grid, spec.registers, spec.pad_multiple)
+        return Geometry("cross", n_ctx, (TextPart(0, n_ctx, 0),), grid, frames, n_ctx, family=spec.name)
+    refs = _ref_tokens(extra.get("ref_latents"), spec.patch) if spec.name in ("Flux", "Qwen-Image") else 0
+    return text_first(spec.registers + n_ctx, n_ctx, grid, spec.registers, spec.pad_multiple, refs, spec.name)
 
 
 def prompt_length(spec: FamilySpec, cond: dict) -> int:

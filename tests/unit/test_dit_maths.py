@@ -110,11 +110,20 @@ def test_text_first_layout_with_registers_and_padding():
 def test_located_tells_joint_calls_from_image_or_text_only_calls():
     g = dl.text_first(20, 20, (5, 4))
     assert dl.located(g, 40, 40) == dl.Located(slice(20, 40), 0, True)
-    assert dl.located(g, 40 + 20, 60).rows == slice(20, 40)  # reference-image tokens after the target
+    kontext = dl.text_first(20, 20, (5, 4), extra=20)
+    assert dl.located(kontext, 40 + 20, 60).rows == slice(20, 40)  # reference-image tokens after the target
     assert dl.located(g, 20, 20) is None  # image-only (MMDiT-X second attention, Lumina noise refiner)
     assert dl.located(g, 40, 20) is None
+    # a joint call longer than the family's exact layout is refused, never guessed
+    with pytest.raises(dl.LayoutError, match="a joint attention call has 60 tokens where 40 were expected"):
+        dl.located(g, 60, 60)
+    with pytest.raises(dl.LayoutError, match=r"60 tokens where 80 were expected \(20 text \+ 20 image \+ 40 refer"):
+        dl.located(dl.text_first(20, 20, (5, 4), extra=40), 60, 60)
+    # Lumina 2 / Z-Image: caption and image both padded to 32
+    z = dl.text_first(20, 20, (5, 4), pad_multiple=32)
+    assert z.n_text == 32 and z.n_total == 64 and dl.located(z, 64, 64).rows == slice(32, 52)
     hi = dl.Geometry("img_first", 30, (dl.TextPart(0, 10, 0), dl.TextPart(10, 10, 10), dl.TextPart(20, 10, 10)),
-                     (5, 4), 1, 20)
+                     (5, 4), 1, 20, 50)
     assert dl.located(hi, 50, 50) == dl.Located(slice(0, 20), 20, True)
     assert hi.key_map()[1].tolist() == list(range(10)) + list(range(10, 20)) * 2
 
@@ -128,3 +137,6 @@ def test_cross_layout_and_the_ambiguous_case():
     square = dl.Geometry("cross", 20, (dl.TextPart(0, 20, 0),), (5, 4), 1, 20)
     assert dl.located(square, 20, 20, ambiguous_odd=False) is None
     assert dl.located(square, 20, 20, ambiguous_odd=True) is not None
+    # a cross-attention over the text whose queries are not the image grid: an unknown variant
+    with pytest.raises(dl.LayoutError, match="has 24 queries where the 20 image tokens were expected"):
+        dl.located(g, 24, 16)
