@@ -14,9 +14,10 @@ Two kinds of fixture, as in ``harness.fixtures`` (whose seeded helpers they use)
   ``install_sd3(comfy)`` / ``install_flux(comfy)`` link them into the booted ComfyUI.
 
 Weights (``dit_state_dict``): >= 2-d weights N(0, 1/sqrt(fan_in)); every norm weight 1 and bias 0 (Flux's
-RMSNorm ``scale`` included; ``weight`` since ComfyUI 0.8: ``norm_param`` finds either); q/k norms (QK-norm families) QK_GAIN, so q.k logits have a std of about
-QK_GAIN**2 and attention maps are peaked. Without QK-norm (SD3) the q and k rows of the fused qkv weight get
-QK_GAIN instead. AuraFlow's q/k LayerNorms have no affine weights: its logits keep a std of about 1.
+RMSNorm ``scale`` included, ``weight`` in newer ComfyUI: ``norm_param`` finds either); q/k norms (QK-norm
+families) QK_GAIN, so q.k logits have a std of about QK_GAIN**2 and attention maps are peaked. Without QK-norm
+(SD3) the q and k rows of the fused qkv weight get QK_GAIN instead. AuraFlow's q/k LayerNorms have no affine
+weights: its logits keep a std of about 1.
 Register/padding tokens N(0, 1), learned position tables N(0, 0.1), SD3's ``pos_embed`` the real 2-D sin-cos.
 """
 
