@@ -78,21 +78,20 @@ EOF
          "requirements.txt: ${_af_pkgs:-none}" >&2 ;;
 esac
 _af_pkgs="${AF_EXTRA_PACKAGES:-$_af_pkgs}"
-_af_pkgs=$(echo $_af_pkgs)  # one line, single spaces
+_af_pkgs=$(tr -s ' \t\n' ' ' <<< "$_af_pkgs" | sed 's/^ //; s/ $//')  # one line, single spaces
 _af_extra="$ATTENTION_FOCUS_CACHE/extra-$_af_version"
 if [ -n "$_af_pkgs" ] && [ "$(cat "$_af_extra/.ready" 2>/dev/null)" != "$_af_pkgs" ]; then
   echo "[attention-focus] installing into $_af_extra (once): $_af_pkgs" >&2
   rm -rf "$_af_extra"
   mkdir -p "$_af_extra"
   # --no-deps: whatever they depend on is the venv's (above all torch, CPU build); never a CUDA torch.
-  # shellcheck disable=SC2086
+  read -r -a _af_pkg_list <<< "$_af_pkgs"
   "$AF_PYTHON" -m pip install -q --disable-pip-version-check --no-deps --no-compile --target "$_af_extra" \
-    $_af_pkgs 2> >(grep -v "is ignored: it is neither" >&2)
+    "${_af_pkg_list[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
   if [ -d "$_af_extra/torchaudio" ]; then
     # The registry's torchaudio links CUDA libraries; without its compiled extensions it imports as pure
     # Python beside the CPU torch (ComfyUI imports it at module level; the tests use no audio op).
     find "$_af_extra/torchaudio" -name "*.so*" -delete
-    rm -rf "$_af_extra/bin"
   fi
   echo "$_af_pkgs" > "$_af_extra/.ready"
 fi
