@@ -194,7 +194,7 @@ def test_dit_conditioning_and_latents(comfy, dx):
     b = dx.tiny_dit_patcher("flux").model.diffusion_model.state_dict()
     c = dx.tiny_dit_patcher("flux", seed=1).model.diffusion_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
-    assert torch.all(a["double_blocks.0.img_attn.norm.query_norm.scale"] == dx.QK_GAIN)
+    assert torch.all(a[dx.norm_param(a, "double_blocks.0.img_attn.norm.query_norm")] == dx.QK_GAIN)
     bigger = dx.tiny_dit_patcher("lumina2", pad_tokens_multiple=32)
     assert bigger.model.diffusion_model.pad_tokens_multiple == 32
     lay = dx.token_layout("lumina2", 40, H, W, pad_tokens_multiple=32)

@@ -144,20 +144,28 @@ def _tokens(clip, text: str) -> dict:
     return clip.tokenize(text, return_word_ids=True)
 
 
+def _decode_pieces(clip, stream: str, pieces: list[str]) -> str:
+    """The text of vocabulary ``pieces`` of ``stream``, decoded by that stream's own tokenizer: a Hugging Face
+    tokenizer (CLIP, Qwen2, T5, BERT; Llama-3 up to ComfyUI 0.8), ComfyUI's SPieceTokenizer, or ComfyUI's
+    pure-Python BPETokenizer (Llama-3 in newer ComfyUI: no ``convert_tokens_to_string``, but vocab + decode)."""
+    sub = getattr(clip.tokenizer, stream, None) or getattr(clip.tokenizer, f"clip_{stream}")
+    tok = sub.tokenizer
+    if hasattr(tok, "convert_tokens_to_string"):
+        return tok.convert_tokens_to_string(pieces).replace("</w>", " ")
+    if hasattr(getattr(tok, "tokenizer", None), "decode_pieces"):  # SPieceTokenizer
+        return tok.tokenizer.decode_pieces(pieces)
+    if hasattr(tok, "get_vocab") and hasattr(tok, "decode"):  # BPETokenizer
+        vocab = tok.get_vocab()
+        return tok.decode([vocab[p] for p in pieces], skip_special_tokens=False)
+    raise TypeError(f"cannot decode pieces with the {stream} tokenizer {type(tok).__name__}")
+
+
 def _norm_join(clip, table, positions) -> str:
-    """The normalised text of the pieces at ``positions``, decoded by the stream's own tokenizer."""
+    """The normalised text of the pieces at ``positions``, decoded (one by one) by the stream's own tokenizer."""
     from attention_focus.nodes.token_table import normalize_text
 
-    text = ""
-    for p in positions:
-        stream = table.rows[p].stream
-        sub = getattr(clip.tokenizer, stream, None) or getattr(clip.tokenizer, f"clip_{stream}")
-        hf = sub.tokenizer
-        if hasattr(hf, "convert_tokens_to_string"):  # HF tokenizers: CLIP, Qwen2, T5, BERT
-            text += hf.convert_tokens_to_string([table.rows[p].piece]).replace("</w>", " ")
-        else:  # ComfyUI's SPieceTokenizer
-            text += hf.tokenizer.decode_pieces([table.rows[p].piece])
-    return normalize_text(text)
+    return normalize_text("".join(_decode_pieces(clip, table.rows[p].stream, [table.rows[p].piece])
+                                  for p in positions))
 
 
 def _norm_join_bytes(clip, table, positions) -> str:
@@ -165,9 +173,7 @@ def _norm_join_bytes(clip, table, positions) -> str:
     from attention_focus.nodes.token_table import normalize_text
 
     stream = table.rows[positions[0]].stream
-    sub = getattr(clip.tokenizer, stream, None) or getattr(clip.tokenizer, f"clip_{stream}")
-    return normalize_text(sub.tokenizer.convert_tokens_to_string([table.rows[p].piece for p in positions])
-                          .replace("</w>", " "))
+    return normalize_text(_decode_pieces(clip, stream, [table.rows[p].piece for p in positions]))
 
 
 def _qwen_start(ids: list[int]) -> int:

@@ -58,6 +58,15 @@ class _Server:
         self.messages.append((event, data))
 
 
+class _CacheArgs(dict):
+    """``cache_args`` for PromptExecutor: lru 0, ram 0, and 0 for any key a newer ComfyUI reads that this harness
+    does not know (0.33.0's main.py passes ``ram_inactive`` too; execute reads it as ``cache_args[...]``).
+    With the classic cache (cache_type False) none of them changes what is cached."""
+
+    def __missing__(self, key):
+        return 0
+
+
 def boot() -> types.SimpleNamespace:
     """Import ComfyUI once per process and register the pack's nodes; returns handles for tests."""
     global _state
@@ -135,7 +144,7 @@ def run_prompt(prompt: dict, *, expect_error: bool = False) -> dict:
             return {"validation": valid[1], "node_errors": valid[3], "error": valid[1]}
         raise AssertionError(f"prompt did not validate: {valid[1]} {valid[3]}")
     server = _Server()
-    ex = st.execution.PromptExecutor(server, cache_type=False, cache_args={"lru": 0, "ram": 0})
+    ex = st.execution.PromptExecutor(server, cache_type=False, cache_args=_CacheArgs(lru=0, ram=0))
     ex.execute(prompt, pid, {}, valid[2])
     error = next((d for e, d in ex.status_messages if e == "execution_error"), None)
     if error is not None and not expect_error:

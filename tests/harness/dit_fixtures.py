@@ -14,14 +14,16 @@ Two kinds of fixture, as in ``harness.fixtures`` (whose seeded helpers they use)
   ``install_sd3(comfy)`` / ``install_flux(comfy)`` link them into the booted ComfyUI.
 
 Weights (``dit_state_dict``): >= 2-d weights N(0, 1/sqrt(fan_in)); every norm weight 1 and bias 0 (Flux's
-RMSNorm ``scale`` included); q/k norms (QK-norm families) QK_GAIN, so q.k logits have a std of about
-QK_GAIN**2 and attention maps are peaked. Without QK-norm (SD3) the q and k rows of the fused qkv weight get
-QK_GAIN instead. AuraFlow's q/k LayerNorms have no affine weights: its logits keep a std of about 1.
+RMSNorm ``scale`` included, ``weight`` in newer ComfyUI: ``norm_param`` finds either); q/k norms (QK-norm
+families) QK_GAIN, so q.k logits have a std of about QK_GAIN**2 and attention maps are peaked. Without QK-norm
+(SD3) the q and k rows of the fused qkv weight get QK_GAIN instead. AuraFlow's q/k LayerNorms have no affine
+weights: its logits keep a std of about 1.
 Register/padding tokens N(0, 1), learned position tables N(0, 0.1), SD3's ``pos_embed`` the real 2-D sin-cos.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -156,10 +158,42 @@ def _mmdit_config(depth: int, pos_max: int, **extra: Any) -> dict:
                 x_block_self_attn_layers=[], **extra)
 
 
+# Fields that newer ComfyUI versions added, without a default, to the params dataclass of a family (0.8.0:
+# FluxParams.txt_ids_dims, ChromaParams.txt_ids_dims and .vec_in_dim), with the value model_detection gives a
+# Flux.1 / Chroma file. ``_complete_params`` fills them in only where the tree under test has such a field.
+_PARAMS_CLASS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams")}
+_DETECTED_DEFAULTS = {"txt_ids_dims": [], "vec_in_dim": None}
+
+
+def _params_fields(family: str) -> dict[str, inspect.Parameter]:
+    """The constructor parameters of the family's params dataclass in the ComfyUI under test ({} if none)."""
+    if family not in _PARAMS_CLASS:
+        return {}
+    boot()
+    import importlib
+
+    module, name = _PARAMS_CLASS[family]
+    return dict(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+
+
+def _complete_params(family: str, cfg: dict) -> dict:
+    """``cfg`` plus the required params fields the tree under test has and ``cfg`` lacks (see _DETECTED_DEFAULTS)."""
+    for field, param in _params_fields(family).items():
+        if field in cfg or param.default is not inspect.Parameter.empty:
+            continue
+        if field not in _DETECTED_DEFAULTS:
+            raise RuntimeError(f"this ComfyUI's {_PARAMS_CLASS[family][1]} requires {field!r}, which the {family} "
+                               "fixture does not know: add what model_detection sets to _DETECTED_DEFAULTS")
+        value = _DETECTED_DEFAULTS[field]
+        cfg[field] = list(value) if isinstance(value, list) else value
+    return cfg
+
+
 def _flux_config(hidden: int, heads: int, axes: list[int], depth: int, single: int, context: int = 4096) -> dict:
-    return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=context,
-                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
-                axes_dim=list(axes), theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+    return _complete_params("flux", dict(
+        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=context,
+        hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
+        axes_dim=list(axes), theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True))
 
 
 def dit_unet_config(family: str, **overrides: Any) -> dict:
@@ -178,6 +212,7 @@ def dit_unet_config(family: str, **overrides: Any) -> dict:
         cfg = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=128,
                    mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 28, 28],
                    theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=128, hidden_dim=256, n_layers=2)
+        _complete_params("chroma", cfg)
     elif family == "auraflow":
         cfg = dict(max_seq=16 * 16, cond_seq_dim=2048, n_double_layers=2, n_layers=4, dim=128, n_heads=2,
                    global_conddim=128, in_channels=4, out_channels=4, patch_size=2)
@@ -268,6 +303,15 @@ def dit_state_dict(module: torch.nn.Module, seed: int = 0, prefix: str = "", *, 
         target = t.dtype if not t.dtype.is_floating_point else dtype
         out[prefix + key] = value.to(target).contiguous()
     return out
+
+
+def norm_param(state_dict: dict, module: str) -> str:
+    """The key of the scale parameter of the norm ``module`` in ``state_dict``: ``<module>.weight`` or, in older
+    ComfyUI (Flux's own RMSNorm, 0.3.x), ``<module>.scale``."""
+    for name in ("weight", "scale"):
+        if f"{module}.{name}" in state_dict:
+            return f"{module}.{name}"
+    raise KeyError(f"no {module}.weight nor {module}.scale in the state dict")
 
 
 # ---------------------------------------------------------------------------------------------------
