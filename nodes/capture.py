@@ -110,8 +110,9 @@ def _capture(st: cp.SharedState, cap: CaptureRun, settings: CaptureSettings, inf
     per = q.shape[0] // n
     key_len = k.shape[2] if bhld else k.shape[1]
     weights = [(rw.mode, rw.row_weights(st, info, q.shape[0], key_len, q.device)) for rw in st.reweighters()]
-    for i, uid in enumerate(info.uids):
-        if cp.branch_at(st, info, i) not in settings.branches:
+    for i in range(len(info.uids)):
+        uid, branch = cp.chunk_prompt(st, info, i)
+        if uid is None or branch not in settings.branches:
             continue
         if info.evaluation > 0 and cap.canonical.setdefault((uid, info.evaluation), info.call_id) != info.call_id:
             continue  # a second model call for this prompt in one evaluation: a guidance pass (PAG/SAG/SLG)

@@ -91,6 +91,10 @@ class RunState:
     evaluation: int = 0  # sampler model evaluations so far (PREDICT_NOISE wrapper)
     origin: Origin | None = None
     data: dict[int, Any] = field(default_factory=dict)  # per-effect working state, by id(effect)
+    # (uuid, branch) → the prompt whose content that chunk carries: ComfyUI gives every area prompt an
+    # opposite-branch copy with the same area, made from the other branch's prompt but keeping the area
+    # prompt's uuid (samplers.create_cond_with_same_area_if_none); None = cannot be attributed
+    aliases: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
 
 class CurrentCall:
@@ -202,13 +206,32 @@ def _sampler_sample(executor, *args, **kwargs):
     guider = args[0] if args else None
     st = state_of(getattr(guider, "model_options", {}).get("transformer_options"))
     if st is not None:
-        hw = st.run.latent_hw
-        for entries in (getattr(guider, "conds", None) or {}).values():
+        run = st.run
+        for branch, entries in (getattr(guider, "conds", None) or {}).items():
             for c in entries or []:
-                p = st.run.prompts.get(str(c.get("uuid")))
-                if p is not None:
-                    p.regions.append(_region(c, hw))
+                uid = str(c.get("uuid"))
+                p = run.prompts.get(uid)
+                if p is None:
+                    continue
+                if p.branch != branch:  # an opposite-area copy: the content is another prompt's
+                    uid = _copied_from(c, entries, run.prompts, branch)
+                    run.aliases[(str(c.get("uuid")), branch)] = uid
+                    if uid is None:
+                        continue
+                run.prompts[uid].regions.append(_region(c, run.latent_hw))
     return executor(*args, **kwargs)
+
+
+def _copied_from(c: dict, entries: list, prompts: dict[str, PromptInfo], branch: str) -> str | None:
+    """The uuid of the ``branch`` prompt whose encoded conditioning the copy ``c`` reuses (same objects)."""
+    mine = (c.get("model_conds") or {}).get("c_crossattn")
+    for o in entries:
+        uid = str(o.get("uuid"))
+        p = prompts.get(uid)
+        if o is not c and p is not None and p.branch == branch and mine is not None \
+                and (o.get("model_conds") or {}).get("c_crossattn") is mine:
+            return uid
+    return None
 
 
 def _region(c: dict, latent_hw: tuple[int, int]) -> tuple[Region | None, torch.Tensor | None]:
@@ -413,13 +436,19 @@ def call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, bhld:
                     call_id, st.run.evaluation, (int(shape[-2]), int(shape[-1])), latent_hw)
 
 
-def branch_at(st: SharedState, info: CallInfo, i: int) -> str:
-    """The branch (positive / negative / …) of the i-th batch chunk of a call."""
-    p = st.run.prompts.get(info.uids[i]) if i < len(info.uids) else None
-    if p is not None:
-        return p.branch
+def chunk_prompt(st: SharedState, info: CallInfo, i: int) -> tuple[str | None, str]:
+    """(prompt uuid, branch) of the i-th batch chunk of a call; uuid None for a chunk that belongs to no
+    known prompt. An opposite-area copy (same uuid, other branch) resolves to the prompt it was made from."""
+    uid = info.uids[i] if i < len(info.uids) else None
     c = info.cond_or_uncond[i] if i < len(info.cond_or_uncond) else -1
-    return {0: "positive", 1: "negative"}.get(c, "other")
+    branch = {0: "positive", 1: "negative"}.get(c)
+    p = st.run.prompts.get(uid) if uid is not None else None
+    if p is None:
+        return None, branch or "other"
+    if branch is not None and branch != p.branch:
+        uid = st.run.aliases.get((uid, branch))
+        return uid, branch
+    return uid, p.branch
 
 
 def sigma_window(model_patcher, start: float, end: float) -> tuple[float, float]:

@@ -87,9 +87,10 @@ class Reweighter:
         n = max(1, len(info.uids))
         per = batch // n
         w = None
-        for i, uid in enumerate(info.uids):
-            weights = run.per_uid.get(uid)
-            if weights is None or cp.branch_at(st, info, i) not in self.branches:
+        for i in range(len(info.uids)):
+            uid, branch = cp.chunk_prompt(st, info, i)
+            weights = run.per_uid.get(uid) if uid is not None else None
+            if weights is None or branch not in self.branches:
                 continue
             if w is None:
                 w = torch.ones(batch, key_len, dtype=torch.float32, device=device)
