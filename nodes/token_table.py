@@ -26,6 +26,7 @@ from typing import Any
 
 # ":" ends the name: in "(embedding:name:1.2)" the ":1.2" is the weight
 EMBEDDING_RE = re.compile(r"embedding:([^\s,:()\[\]]+)")
+_TYPED_EMBEDDING_RE = re.compile(EMBEDDING_RE.pattern, re.IGNORECASE)  # what users type, any case
 
 SCHEMES = ("auto", "plain", "bytelevel", "sentencepiece", "wordpiece")
 
@@ -481,7 +482,7 @@ def find_positions(table: TokenTable, phrase: str, stream: str | Iterable[str] |
     A phrase that ends inside a word of one stream (``1`` where T5 has the word ``21`` and CLIP the
     words ``2`` ``1``) is found only in the streams whose word boundaries fit it.
     """
-    phrase = EMBEDDING_RE.sub(r"\1", phrase.strip())  # 'embedding:name' as typed in the prompt = 'name'
+    phrase = _TYPED_EMBEDDING_RE.sub(r"\1", phrase.strip())  # 'embedding:name' as typed in the prompt = 'name'
     occurrence = None
     m = _OCCURRENCE_RE.match(phrase)
     if m and not phrase.startswith("#"):

@@ -237,6 +237,10 @@ def test_embedding_vectors_become_named_words(table):
     assert not myemb.punctuation
     assert resolve(t, "style2") == style2.positions
     assert resolve(t, "myemb") == myemb.positions
+    # typed as it stands in the prompt
+    assert resolve(t, "embedding:myemb") == myemb.positions
+    assert resolve(t, "Embedding:style2") == style2.positions
+    assert resolve(t, "embedding:style2 oil") == style2.positions + _word(t, "oil").positions
 
 
 def test_embedding_split_by_chunk_end_stays_one_word():
