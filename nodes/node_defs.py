@@ -7,15 +7,16 @@ import math
 import os
 from typing import Any
 
-from . import comfy_patch as cp
 from .capture import add_capture
 from .capture_store import AttentionMaps, MapSet, select_words
 from .cond_tokens import register
 from .errors import AttentionFocusError
+from .hook_state import TOKENS_KEY
 from .maps_file import MapsFileError, list_maps_files, load_maps, maps_from_file, safe_output_path, save_maps
 from .provenance import record_for_image
 from .render import COLORMAPS, render_heatmaps
 from .reweight import add_reweight
+from .sampling_run import executing_prompt
 from .text_layout import context_tokens
 from .token_table import TokenTable, positional_table, restrict_streams
 from .word_syntax import parse_weights
@@ -55,7 +56,7 @@ class AttentionFocusTextEncode:
         if note:
             log.warning("Attention Focus Text Encode: %s", note)
         # each entry's table remembers the exact tensor it labels (to follow ConditioningConcat & co.)
-        return ([[t, {**d, cp.TOKENS_KEY: register(t, TokenTable(table.rows, table.words, table.encoder,
+        return ([[t, {**d, TOKENS_KEY: register(t, TokenTable(table.rows, table.words, table.encoder,
                                                                   table.text, dict(table.meta)))}]
                  for t, d in cond],)
 
@@ -118,7 +119,7 @@ def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
         raise AttentionFocusError("attention_maps must come from Attention Focus Capture or Load Maps")
     if maps.loaded is not None:
         return maps.loaded
-    prompt_id, list_index = cp.executing_prompt()
+    prompt_id, list_index = executing_prompt()
 
     def describe(node_id: str) -> str:
         try:

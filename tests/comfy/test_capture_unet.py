@@ -136,3 +136,26 @@ def test_foreign_override_and_attn2_replacement_are_reported(env, caplog):
     assert "('middle', 0, 0)" in caplog.text
     assert "middle.0.0" not in maps.result().meta["layers"]
     assert "input.1.0" in maps.result().meta["layers"]
+
+
+@pytest.mark.parametrize("node", ["TorchCompileModel", "ContextWindowsManual"])
+def test_set_ups_the_hooks_cannot_follow_are_refused_before_sampling(env, node):
+    """Torch Compile Model would trace the hooks once; context windows split one evaluation into several model
+    calls over parts of the latent. Both refused by name before the first step, with the fix."""
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos, neg = fixtures.random_conditioning("sd15", seed=1), fixtures.random_conditioning("sd15", seed=2)
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    if node == "TorchCompileModel":
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+        m = TorchCompileModel.execute(m, "inductor").args[0]
+        match = "Torch Compile Model"
+    else:
+        from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+        m = ContextWindowsManualNode.execute(m, 4, 1, "standard_static", 1, False, "pyramid", 0).args[0]
+        match = "context windows"
+    with pytest.raises(ValueError, match=f"cannot capture or reweight with {match}"):
+        _sample(fixtures, m, pos, neg, torch.zeros(1, 4, 8, 8))
+    assert maps.latest is None

@@ -52,7 +52,7 @@ def _graph(ckpt, text="a photo of a cat wearing a red wizard hat", words="cat, r
 
 
 def test_text_encode_is_bit_identical_and_labels_words(comfy, loaded):
-    from attention_focus.nodes.comfy_patch import TOKENS_KEY
+    from attention_focus.nodes.hook_state import TOKENS_KEY
 
     clip = loaded[1]
     for text in ["a photo of a cat", "(red:1.3) wizard ((hat))", LONG, "a cat BREAK a dog",

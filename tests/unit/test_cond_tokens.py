@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from attention_focus.nodes import cond_tokens as ct
-from attention_focus.nodes.token_table import build_table, resolve
+from attention_focus.nodes.token_pieces import build_table
+from attention_focus.nodes.token_table import resolve
 
 VOCAB = {0: "<s>", 1: "</s>", 10: "a</w>", 11: "cat</w>", 12: "red</w>", 13: "hat</w>", 14: "dog</w>"}
 

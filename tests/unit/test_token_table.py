@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from attention_focus.nodes.token_pieces import build_table, piece_text
 from attention_focus.nodes.token_table import (
     TokenTable,
     WordNotFound,
-    build_table,
     concat_tables,
     find_positions,
     normalize_text,
-    piece_text,
     positional_table,
     resolve,
     restrict_streams,
