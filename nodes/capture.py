@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 import torch
 
 from . import comfy_patch as cp
+from . import daam
 from .hook_state import CallInfo, RunState, SharedState, chunk_prompt
 from .attention_math import attention_probs_at, combine_reweights, cross_attention_probs, fold_repeated_keys
 from .capture_store import (AttentionMaps, CaptureSettings, CaptureStore, MapSet, MapsRecord, PromptInfo, Region,
                             fingerprint, merge_prompts)
+from .errors import AttentionFocusError
 from .families import model_family, resolve_layers
-from .layer_spec import LayerKey
+from .layer_spec import LayerKey, describe_layers
 from .provenance import REGISTRY
 
 
@@ -36,22 +38,25 @@ class CaptureRun:
     store: CaptureStore = field(default_factory=CaptureStore)
     canonical: dict[tuple[str, int], int] = field(default_factory=dict)  # (uid, evaluation) → call id
     ambiguous: set[str] = field(default_factory=set)  # prompts whose region could not be told
+    daam_side: int = 64  # method DAAM: side of the reference grid
 
 
 class Capture:
     """One Attention Focus Capture on a model: settings, layers, and the handle its records go to."""
 
-    def __init__(self, settings: CaptureSettings, layers: set[LayerKey], maps: AttentionMaps) -> None:
+    def __init__(self, settings: CaptureSettings, layers: set[LayerKey], maps: AttentionMaps,
+                 daam_side: int = 64) -> None:
         self.settings = settings
         self.layers = layers
         self.maps = maps
+        self.daam_side = daam_side  # method DAAM: the reference grid side
 
     def __deepcopy__(self, memo):
         return self
 
     def start_run(self, guider, run: RunState, noise, sigmas) -> None:
         hi, lo = cp.sigma_window(guider.model_patcher, self.settings.start, self.settings.end)
-        run.data[id(self)] = CaptureRun(run.prompts, run.latent_hw, run.batch, hi, lo)
+        run.data[id(self)] = CaptureRun(run.prompts, run.latent_hw, run.batch, hi, lo, daam_side=self.daam_side)
 
     def end_run(self, run: RunState) -> None:
         cap = run.data.get(id(self))
@@ -73,22 +78,41 @@ class Capture:
 
 
 def add_capture(model, layer_spec: str = "all", branch: str = "positive", start: float = 0.0, end: float = 1.0,
-                head_reduction: str = "mean", softmax: str = "all", node_id: str = ""):
+                head_reduction: str = "mean", softmax: str = "all", node_id: str = "", **options):
     """Clone ``model`` and install attention capture; returns (clone, AttentionMaps handle).
 
     ``softmax`` (DiTs): ``all`` = the model's own joint softmax over text and image keys (exact),
     ``text`` = renormalised over the prompt's text keys only (cheaper; what most DiT heat-map tools show).
-    ``node_id`` names the capture node (ComfyUI's UNIQUE_ID) so records can be found again.
+    ``node_id`` names the capture node (ComfyUI's UNIQUE_ID) so records can be found again. ``options``: the
+    other ``CaptureSettings`` fields (``method``, ``history_mb``, ``history_stride``, ``history_groups``,
+    ``influence_words``, ``influence_steps``).
     """
-    settings = CaptureSettings(layer_spec, branch, start, end, head_reduction, softmax)
+    settings = CaptureSettings(layer_spec, branch, start, end, head_reduction, softmax, **options)
     m = model.clone()
     layers = set(resolve_layers(m, layer_spec))
-    maps = AttentionMaps(settings, family=model_family(m), node_id=node_id or f"capture-{uuid.uuid4().hex}")
-    cap = Capture(settings, layers, maps)
+    family = model_family(m)
+    side = 64
+    if settings.method == "daam":
+        layers, side = _daam_layers(m, family, layers, layer_spec)
+    maps = AttentionMaps(settings, family=family, node_id=node_id or f"capture-{uuid.uuid4().hex}")
+    cap = Capture(settings, layers, maps, side)
     st = cp.add_effect(m, cap)
     maps.kind = st.spec.kind
     cp.install_override(m, cap.hook)
     return m, maps
+
+
+def _daam_layers(m, family: str, layers: set[LayerKey], layer_spec: str) -> tuple[set[LayerKey], int]:
+    """Method DAAM: the selected layers DAAM hooks (down and up blocks) and the reference grid side."""
+    if family not in ("sd1", "sd2", "sdxl"):
+        raise AttentionFocusError(f"method DAAM is defined for the SD1.x, SD2.x and SDXL UNets, not for {family}: "
+                                  "use method fast")
+    kept = {k for k in layers if k.block in daam.DAAM_BLOCKS}
+    if not kept:
+        raise AttentionFocusError(f"method DAAM uses the input and output blocks only, and the layer spec "
+                                  f"{layer_spec!r} selects none of them ({describe_layers(sorted(layers))})")
+    v_pred = "V_PREDICTION" in str(getattr(m.model, "model_type", ""))
+    return kept, daam.reference_side(family, v_pred)
 
 
 def _region_of(cap: CaptureRun, uid: str, call_hw: tuple[int, int]) -> tuple[bool, Region | None]:
@@ -130,6 +154,10 @@ def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: 
         if isinstance(mask, torch.Tensor):
             m = mask[rows] if mask.ndim >= 3 and mask.shape[0] == q.shape[0] else mask
         evaluation = info.evaluation if info.evaluation > 0 else info.call_id
+        if settings.method == "daam":
+            _daam_capture(cap, uid, prompt, region, info, q[rows], k[rows], heads, bhld, m, bias, scale, evaluation,
+                          key_len)
+            continue
         if info.geom is not None:
             p = _dit_probs(settings, info, q[rows], k[rows], heads, bhld, m, bias, scale)
             cap.store.add(uid, info.layer, p, info.hw, evaluation, merge_as=LayerKey("dit", 0, 0, info.layer.level),
@@ -142,6 +170,24 @@ def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: 
         length = prompt.length if prompt is not None else key_len
         p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
         cap.store.add(uid, info.layer, p, info.hw, evaluation, region=region)
+
+
+def _daam_capture(cap: CaptureRun, uid: str, prompt: PromptInfo | None, region: Region | None, info: CallInfo, q, k,
+                  heads: int, bhld: bool, mask, bias, scale, evaluation: int, key_len: int) -> None:
+    """Method DAAM: per-head probabilities of a kept layer into the per-head running sums."""
+    if region is not None or any(r is not None or msk is not None for r, msk in (prompt.regions if prompt else [])):
+        raise AttentionFocusError(
+            "method DAAM is defined for prompts over the whole image; this prompt has an area or a mask "
+            "(ConditioningSetArea / ConditioningSetMask): use method fast, which places such maps")
+    if not daam.keeps(info.layer, info.hw, cap.daam_side):
+        return
+    p = daam.head_probs(q, k, heads, bhld=bhld, mask=mask, key_bias=bias)  # (b, H, n, Lk)
+    if scale is not None:
+        p = p * scale[:, None, None, :]
+    length = prompt.length if prompt is not None else key_len
+    p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
+    b, h = p.shape[:2]
+    cap.store.add(uid, info.layer, p.reshape(b * h, *p.shape[2:]), info.hw, evaluation, heads=h)
 
 
 def _dit_probs(settings: CaptureSettings, info: CallInfo, q, k, heads: int, bhld: bool, mask, bias, scale):
@@ -174,6 +220,9 @@ def finalize(cap: CaptureRun, maps: AttentionMaps, origin) -> MapsRecord:
         infos = [cap.prompts[u] for _, u in prompts]
         parts = []
         for (_, uid), info in zip(prompts, infos, strict=True):
+            if maps.settings.method == "daam":
+                parts.append(store.aggregate_daam(uid, cap.daam_side))
+                continue
             masks = {r: m for r, m in info.regions}
             parts.append(store.aggregate(uid, cap.latent_hw, masks))
         table, prompt_meta = merge_prompts(infos)
@@ -190,6 +239,7 @@ def finalize(cap: CaptureRun, maps: AttentionMaps, origin) -> MapsRecord:
             "branch": branch,
             **maps.settings.meta(maps.kind),
             "store_bytes": store.nbytes(),
+            **({"daam_grid": [cap.daam_side, cap.daam_side]} if maps.settings.method == "daam" else {}),
             "prompts": prompt_meta,
         }
         ambiguous = [u for u in uids if u in cap.ambiguous]

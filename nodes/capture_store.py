@@ -25,8 +25,11 @@ import torch.nn.functional as F
 
 from .errors import AttentionFocusError
 from .layer_spec import LayerKey, check_step_window
-from .token_table import TokenRow, TokenTable, Word, WordNotFound, concat_tables, resolve
-from .word_syntax import parse_targets
+from .maps_words import merge_prompts, positional_segment, select_words, word_maps  # noqa: F401 (re-exported)
+from .token_table import TokenTable
+
+METHODS = ("fast", "daam")
+HISTORY_GROUPS = ("layer", "block", "level")
 
 HEAD_REDUCTIONS = ("mean", "max")
 SOFTMAXES = ("all", "text")
@@ -46,9 +49,30 @@ class CaptureSettings:
     end: float = 1.0
     head_reduction: str = "mean"
     softmax: str = "all"
+    method: str = "fast"  # fast | daam (see daam.py)
+    history_mb: float = 0.0  # > 0: keep a history of the maps per step and layer group within this budget
+    history_stride: int = 1  # evaluations per history frame (at least; the budget may ask for more)
+    history_groups: str = "layer"  # layer | block | level
+    influence_words: str = ""  # words whose influence is measured (empty: none)
+    influence_steps: int = 0  # at how many steps (evenly spread over the schedule)
 
     def __post_init__(self) -> None:
         check_step_window(self.start, self.end)
+        if self.method not in METHODS:
+            raise AttentionFocusError(f"method must be fast or DAAM, not {self.method!r}")
+        if self.method == "daam" and self.head_reduction != "mean":
+            raise AttentionFocusError("method DAAM averages the heads' maps after resizing them: use head_reduction "
+                                      "mean (or method fast for max)")
+        if not (self.history_mb >= 0) or self.history_mb > 1e6:
+            raise AttentionFocusError(f"history_mb must be from 0 (off) to 1000000, not {self.history_mb!r}")
+        if not isinstance(self.history_stride, int) or self.history_stride < 1:
+            raise AttentionFocusError(f"history_stride must be a whole number ≥ 1, not {self.history_stride!r}")
+        if self.history_groups not in HISTORY_GROUPS:
+            raise AttentionFocusError(f"history_layers must be one of {', '.join(HISTORY_GROUPS)}, not "
+                                      f"{self.history_groups!r}")
+        if not isinstance(self.influence_steps, int) or not 0 <= self.influence_steps <= 1000:
+            raise AttentionFocusError(f"influence_steps must be a whole number from 0 to 1000, not "
+                                      f"{self.influence_steps!r}")
         if self.branch not in ("positive", "negative", "both"):
             raise AttentionFocusError(f"branch must be positive, negative or both, not {self.branch!r}")
         if self.head_reduction not in HEAD_REDUCTIONS:
@@ -63,7 +87,7 @@ class CaptureSettings:
     def meta(self, kind: str) -> dict[str, Any]:
         """The settings as maps-file metadata (``kind``: ``unet`` or ``dit``)."""
         return {"head_reduction": self.head_reduction, "softmax": self.softmax if kind == "dit" else "cross",
-                "capture_layers": self.layers, "window": [self.start, self.end]}
+                "capture_layers": self.layers, "window": [self.start, self.end], "method": self.method}
 
 
 class Region(NamedTuple):
@@ -89,11 +113,18 @@ class PromptInfo:
 
 @dataclass
 class MapSet:
-    """Aggregated maps of one branch: (batch, tokens, H_lat, W_lat) float32, plus labels and metadata."""
+    """Aggregated maps of one branch: (batch, tokens, H, W) float32 (H, W: the latent grid, or DAAM's reference
+    grid), plus labels and metadata. ``extra`` holds the optional analyses of the run, each described by the
+    metadata entry of the same name: ``history`` (history.py), ``frames`` (video: per-frame maps,
+    (batch, frames, tokens, H, W)), ``influence`` (influence.py)."""
 
     maps: torch.Tensor
     tokens: TokenTable | None
     meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.maps, *self.extra.values()))
 
 
 class CaptureStore:
@@ -103,15 +134,17 @@ class CaptureStore:
         self.sums: dict[tuple[str, Region | None, LayerKey], torch.Tensor] = {}
         self.members: dict[tuple[str, Region | None, LayerKey], set[LayerKey]] = {}
         self.evaluations: dict[str, set[int]] = {}
+        self.heads: dict[tuple[str, Region | None, LayerKey], int] = {}  # per-head sums (method DAAM)
         self.peak_bytes = 0
 
     def add(self, uid: str, layer: LayerKey, probs: torch.Tensor, hw: tuple[int, int], evaluation: int,
-            merge_as: LayerKey | None = None, region: Region | None = None) -> None:
+            merge_as: LayerKey | None = None, region: Region | None = None, heads: int = 1) -> None:
         """Add (batch, h·w, tokens) probabilities of one layer call to the running sum.
 
         ``evaluation`` numbers the sampler's model evaluation the call belongs to; ``merge_as`` sums layers
         that share one grid (all blocks of a DiT) into a single accumulator, so the store does not grow
-        with the number of layers either; ``region`` is the prompt's area (None: the whole latent).
+        with the number of layers either; ``region`` is the prompt's area (None: the whole latent); ``heads`` > 1:
+        ``probs`` holds each image's heads one after the other (B·heads rows), summed per head (method DAAM).
         """
         h, w = hw
         b, n, t = probs.shape
@@ -123,6 +156,7 @@ class CaptureStore:
         if cur is None or cur.shape != grid.shape:
             self.sums[key] = grid.clone()
             self.members[key] = set()
+            self.heads[key] = heads
             self.peak_bytes = max(self.peak_bytes, self.nbytes())
         else:
             cur.add_(grid)
@@ -166,6 +200,13 @@ class CaptureStore:
         if len(regions) == 1:
             return acc
         return acc / cover.clamp(min=1)
+
+    def aggregate_daam(self, uid: str, side: int) -> torch.Tensor:
+        """DAAM's maps of one prompt from its per-head sums → (B, T, side, side) (``daam.aggregate``)."""
+        from .daam import aggregate
+
+        keys = [k for k in self.sums if k[0] == uid]
+        return aggregate({k[2]: self.sums[k] for k in keys}, {k[2]: self.heads.get(k, 1) for k in keys}, side)
 
 
 def place_region(maps: torch.Tensor, region: Region | None, latent_hw: tuple[int, int],
@@ -223,80 +264,6 @@ def aggregate_layers(parts: dict[LayerKey, torch.Tensor], latent_hw: tuple[int, 
     return acc / total
 
 
-def word_maps(token_maps: torch.Tensor, groups: list[tuple[int, ...]]) -> torch.Tensor:
-    """(B, T, H, W) → (B, len(groups), H, W): a word's map is the mean of its tokens' maps."""
-    out = []
-    for g in groups:
-        idx = torch.tensor([p for p in g if p < token_maps.shape[1]], dtype=torch.long)
-        if idx.numel() == 0:
-            raise ValueError(f"positions {g} are outside the {token_maps.shape[1]} captured tokens")
-        out.append(token_maps.index_select(1, idx.to(token_maps.device)).mean(1))
-    return torch.stack(out, 1)
-
-
-def select_words(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], torch.Tensor]:
-    """The words a user typed (empty: the prompt's words) → (names, (B, W, H, W') word maps).
-
-    AttentionFocusError names the input when a word is not in the prompt or the maps carry no labels.
-    """
-    try:
-        targets = parse_targets(words)
-    except ValueError as e:
-        raise AttentionFocusError(f"words: {e}") from None
-    if targets:
-        try:
-            groups = [resolve(table, t) for t in targets]
-        except WordNotFound as e:
-            note = ms.meta.get("token_note") or next(
-                (p["token_note"] for p in ms.meta.get("prompts", []) if p.get("token_note")), "")
-            raise AttentionFocusError(f"words: {e}" + (f" (Note: {note})" if note else "")) from None
-        except ValueError as e:
-            raise AttentionFocusError(f"words: {e}") from None
-        return targets, word_maps(ms.maps.float(), groups)
-    if table.meta.get("positional"):
-        note = next((p["token_note"] for p in ms.meta.get("prompts", []) if p.get("token_note")), "")
-        raise AttentionFocusError(
-            "words: these maps carry no token labels" + (f" ({note})" if note else
-                                                         " (the prompt was encoded with a stock CLIPTextEncode)")
-            + ": list token positions like '#1, #2', or connect the prompt 'text' and 'clip' inputs, or encode "
-              "with Attention Focus Text Encode")
-    words_all = table.merged_words()
-    if not words_all:
-        raise AttentionFocusError("words: the prompt has no words to show: type the words to map")
-    return [w.text for w in words_all], word_maps(ms.maps.float(), [w.positions for w in words_all])
-
-
-def positional_segment(start: int, length: int) -> TokenTable:
-    """Rows labelled by their position in the whole merged sequence (``#start`` …), one 'word' each."""
-    rows = [TokenRow(i, f"#{start + i}", i, 1.0, 0, False, 0) for i in range(length)]
-    words = [Word(i, f"#{start + i}", (i,)) for i in range(length)]
-    return TokenTable(rows, words, encoder="positions", meta={"positional": True})
-
-
-def merge_prompts(prompts: list[PromptInfo]) -> tuple[TokenTable | None, list[dict[str, Any]]]:
-    """One table for the prompts of a branch laid end to end (positional rows where a prompt has no
-    table), and per prompt its span, area and table note; None when no prompt has a table."""
-    if len(prompts) == 1:
-        p = prompts[0]
-        return p.tokens, [_prompt_meta(p, 0)]
-    parts, meta, pos = [], [], 0
-    for p in prompts:
-        parts.append(p.tokens if p.tokens is not None else positional_segment(pos, p.length))
-        meta.append(_prompt_meta(p, pos))
-        pos += p.length
-    if all(p.tokens is None for p in prompts):
-        return None, meta
-    table = concat_tables(parts, encoder="+".join(dict.fromkeys(t.encoder for t in parts)),
-                          text=" | ".join(p.tokens.text for p in prompts if p.tokens is not None))
-    return table, meta
-
-
-def _prompt_meta(p: PromptInfo, start: int) -> dict[str, Any]:
-    areas = [list(r) if r is not None else None for r, _ in p.regions]
-    return {"slot": p.slot, "positions": [start, start + p.length], "areas": areas,
-            "masked": any(m is not None for _, m in p.regions), "token_note": p.note}
-
-
 def fingerprint(t: torch.Tensor) -> str:
     """A content hash of a tensor (dtype, shape and bytes), to tell one run's maps from another's."""
     raw = t.detach().cpu().contiguous()
@@ -329,7 +296,7 @@ class MapsRecord:
         return ms
 
     def nbytes(self) -> int:
-        return sum(ms.maps.numel() * ms.maps.element_size() for ms in self.branches.values())
+        return sum(ms.nbytes() for ms in self.branches.values())
 
 
 class AttentionMaps:

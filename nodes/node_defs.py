@@ -93,6 +93,12 @@ class AttentionFocusCapture:
                             "the text's total share is below 1). 'text keys' renormalises over the prompt's "
                             "tokens only (cheaper, sharper contrast, what most DiT heat-map tools show). "
                             "UNet models are unaffected."}),
+            "method": (["fast", "DAAM"], {"default": "fast", "tooltip":
+                       "fast: every selected layer, heads averaged first, maps on the latent grid (all families, "
+                       "areas and masks, cheapest memory). DAAM (SD1.x/SD2.x/SDXL): exactly DAAM 0.2.0's maps — "
+                       "down and up blocks only, layers on 1/8 of its 64x64 grid (96x96 for SD2 768-v) dropped, "
+                       "each head resized then averaged, maps on that grid; keeps per-head sums (more memory). "
+                       "Pick DAAM to compare numbers with DAAM or papers using it."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
@@ -105,12 +111,12 @@ class AttentionFocusCapture:
                    "image is unchanged.")
 
     def patch(self, model, layers: str, branch: str, start_percent: float, end_percent: float,
-              head_reduction: str, dit_softmax: str = "all keys", unique_id: str | None = None):
+              head_reduction: str, dit_softmax: str = "all keys", method: str = "fast", unique_id: str | None = None):
         softmax = {"all keys": "all", "text keys": "text"}.get(dit_softmax)
         if softmax is None:
             raise AttentionFocusError(f"dit_softmax must be 'all keys' or 'text keys', not {dit_softmax!r}")
         return add_capture(model, layers, branch, start_percent, end_percent, head_reduction, softmax,
-                           node_id=str(unique_id) if unique_id is not None else "")
+                           node_id=str(unique_id) if unique_id is not None else "", method=str(method).lower())
 
 
 def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
@@ -147,6 +153,9 @@ def _labels(ms: MapSet, text: str, clip) -> TokenTable:
 
 def _check_image(ms: MapSet, image) -> None:
     b, _, lh, lw = ms.maps.shape
+    lat = ms.meta.get("latent_size")
+    if isinstance(lat, list) and len(lat) == 2 and all(isinstance(v, int) and v > 0 for v in lat):
+        lh, lw = lat  # the maps may be on another grid (method DAAM: its reference grid)
     ib, ih, iw = image.shape[0], image.shape[1], image.shape[2]
     if ih % lh or iw % lw or ih // lh != iw // lw:
         raise AttentionFocusError(

@@ -66,3 +66,52 @@ def naive_unet_maps(calls, latent_hw, batch, chunk=None):
         up = F.interpolate(grid, size=(h * f, w * f), mode="bicubic", align_corners=False)[..., :H, :W]
         ups.append(up.clamp(min=0))
     return torch.stack(ups).mean(0)
+
+
+def naive_daam_maps(calls, side, chunk=None):
+    """DAAM 0.2.0's aggregation (trace.py / heatmap.py), re-implemented in float64 from recorded calls.
+
+    Only calls of the down and up blocks (ComfyUI ``input`` / ``output``) count; a call with ``n = h·w`` queries
+    has the factor ``int(sqrt(side² // n))`` and is dropped when it is 8. Per (layer, head) the probabilities of
+    the prompt's chunk are summed over calls; each (layer, head) sum is resized bicubically to side×side and
+    clamped ≥ 0; the result is the mean over all (layer, head) pairs: (batch, tokens, side, side).
+    """
+    per_head = {}
+    for c in calls:
+        if c["block"][0] not in ("input", "output"):
+            continue
+        h, w = c["hw"]
+        if int(math.sqrt((side * side) // (h * w))) == 8:
+            continue
+        i = c["cou"].index(0) if chunk is None else chunk(c)
+        if i is None:
+            continue
+        q, k, heads = c["q"], c["k"], c["heads"]
+        b = q.shape[0] // len(c["cou"])
+        q, k = q[i * b:(i + 1) * b], k[i * b:(i + 1) * b]
+        d = q.shape[-1] // heads
+        qh = q.view(b, -1, heads, d).permute(0, 2, 1, 3)
+        kh = k.view(b, -1, heads, d).permute(0, 2, 1, 3)
+        p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), -1)  # b, heads, hw, L
+        for head in range(heads):
+            grid = p[:, head].transpose(1, 2).reshape(b, -1, h, w)
+            key = (c["block"], head)
+            per_head[key] = per_head.get(key, 0) + grid
+    acc = 0
+    for grid in per_head.values():
+        acc = acc + F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False).clamp(min=0)
+    return acc / len(per_head)
+
+
+def daam_merge_indices(hf_tokenizer, prompt: str, word: str) -> list[int]:
+    """DAAM's ``compute_token_merge_indices``: every occurrence of the word's BPE pieces in the lower-cased prompt
+    ('</w>' markers dropped), as positions in the context (+1 for the start token)."""
+    tokens = [t.replace("</w>", "") for t in hf_tokenizer.tokenize(prompt.lower())]
+    search = [t.replace("</w>", "") for t in hf_tokenizer.tokenize(word.lower())]
+    out = []
+    for s in range(len(tokens)):
+        if tokens[s:s + len(search)] == search:
+            out += [s + j for j in range(len(search))]
+    if not out:
+        raise ValueError(f"{word!r} not in {prompt!r}")
+    return [x + 1 for x in out]

@@ -212,7 +212,7 @@ def test_finalize_happy_path():
         "head_reduction": "max",
         "softmax": "cross",  # UNet cross-attention (DiT captures say "all" or "text")
         "capture_layers": "all",
-        "window": [0.0, 1.0],
+        "window": [0.0, 1.0], "method": "fast",
         "store_bytes": 4 * 6 * (13 * 9 + 7 * 5) + 4 * 6 * 13 * 9,
     }
     assert rec.result("negative").meta["branch"] == "negative"
