@@ -9,6 +9,7 @@ by its mask (``capture_store``). At the end of each finished run the maps are ag
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -22,8 +23,11 @@ from .capture_store import (AttentionMaps, CaptureSettings, CaptureStore, MapSet
                             fingerprint, merge_prompts)
 from .errors import AttentionFocusError
 from .families import model_family, resolve_layers
+from .history import History, plan_history
 from .layer_spec import LayerKey, describe_layers
 from .provenance import REGISTRY
+
+log = logging.getLogger("attention_focus")
 
 
 @dataclass
@@ -39,24 +43,30 @@ class CaptureRun:
     canonical: dict[tuple[str, int], int] = field(default_factory=dict)  # (uid, evaluation) → call id
     ambiguous: set[str] = field(default_factory=set)  # prompts whose region could not be told
     daam_side: int = 64  # method DAAM: side of the reference grid
+    history: History | None = None
+    history_meta: dict = field(default_factory=dict)
 
 
 class Capture:
     """One Attention Focus Capture on a model: settings, layers, and the handle its records go to."""
 
-    def __init__(self, settings: CaptureSettings, layers: set[LayerKey], maps: AttentionMaps,
-                 daam_side: int = 64) -> None:
+    def __init__(self, settings: CaptureSettings, layers: list[LayerKey], maps: AttentionMaps,
+                 daam_side: int = 64, patch: int = 1) -> None:
         self.settings = settings
-        self.layers = layers
+        self.order = list(layers)  # in the model's order
+        self.layers = set(layers)
         self.maps = maps
         self.daam_side = daam_side  # method DAAM: the reference grid side
+        self.patch = patch  # DiTs: latent cells per patch side (the finest layer grid)
 
     def __deepcopy__(self, memo):
         return self
 
     def start_run(self, guider, run: RunState, noise, sigmas) -> None:
         hi, lo = cp.sigma_window(guider.model_patcher, self.settings.start, self.settings.end)
-        run.data[id(self)] = CaptureRun(run.prompts, run.latent_hw, run.batch, hi, lo, daam_side=self.daam_side)
+        cap = run.data[id(self)] = CaptureRun(run.prompts, run.latent_hw, run.batch, hi, lo, daam_side=self.daam_side)
+        if self.settings.history_mb > 0:
+            _start_history(cap, self, sigmas)
 
     def end_run(self, run: RunState) -> None:
         cap = run.data.get(id(self))
@@ -89,7 +99,7 @@ def add_capture(model, layer_spec: str = "all", branch: str = "positive", start:
     """
     settings = CaptureSettings(layer_spec, branch, start, end, head_reduction, softmax, **options)
     m = model.clone()
-    layers = set(resolve_layers(m, layer_spec))
+    layers = resolve_layers(m, layer_spec)
     family = model_family(m)
     side = 64
     if settings.method == "daam":
@@ -97,22 +107,81 @@ def add_capture(model, layer_spec: str = "all", branch: str = "positive", start:
     maps = AttentionMaps(settings, family=family, node_id=node_id or f"capture-{uuid.uuid4().hex}")
     cap = Capture(settings, layers, maps, side)
     st = cp.add_effect(m, cap)
+    cap.patch = st.spec.patch if st.spec.kind == "dit" else 1
     maps.kind = st.spec.kind
     cp.install_override(m, cap.hook)
     return m, maps
 
 
-def _daam_layers(m, family: str, layers: set[LayerKey], layer_spec: str) -> tuple[set[LayerKey], int]:
+def _daam_layers(m, family: str, layers: list[LayerKey], layer_spec: str) -> tuple[list[LayerKey], int]:
     """Method DAAM: the selected layers DAAM hooks (down and up blocks) and the reference grid side."""
     if family not in ("sd1", "sd2", "sdxl"):
         raise AttentionFocusError(f"method DAAM is defined for the SD1.x, SD2.x and SDXL UNets, not for {family}: "
                                   "use method fast")
-    kept = {k for k in layers if k.block in daam.DAAM_BLOCKS}
+    kept = [k for k in layers if k.block in daam.DAAM_BLOCKS]
     if not kept:
         raise AttentionFocusError(f"method DAAM uses the input and output blocks only, and the layer spec "
                                   f"{layer_spec!r} selects none of them ({describe_layers(sorted(layers))})")
     v_pred = "V_PREDICTION" in str(getattr(m.model, "model_type", ""))
     return kept, daam.reference_side(family, v_pred)
+
+
+def _start_history(cap: CaptureRun, capture: Capture, sigmas) -> None:
+    """Plan the run's history within the budget (history.py); a budget too small for one frame: a warning."""
+    settings = capture.settings
+    sig = [float(x) for x in sigmas.reshape(-1)] if isinstance(sigmas, torch.Tensor) else list(sigmas or [])
+    steps = sum(1 for x in sig[:-1] if cap.sigma_lo <= x <= cap.sigma_hi) or 1
+    H, W = cap.latent_hw
+    if capture.maps.kind == "dit":
+        fine = (-(-H // capture.patch), -(-W // capture.patch))
+    else:
+        level = min(k.level for k in capture.order)
+        fine = (H, W)
+        for _ in range(level):
+            fine = (-(-fine[0] // 2), -(-fine[1] // 2))
+    offsets: dict[str, tuple[str, int, torch.Tensor]] = {}
+    tokens: dict[str, int] = {}
+    kept_positions: dict[str, list[int]] = {}
+    for branch in sorted(settings.branches):
+        start = 0
+        for uid, p in sorted(((u, p) for u, p in cap.prompts.items() if p.branch == branch), key=lambda x: x[1].slot):
+            keep = ([r.pos for r in p.tokens.rows if not r.special] if p.tokens is not None
+                    and len(p.tokens) == p.length else list(range(p.length)))
+            offsets[uid] = (branch, tokens.get(branch, 0), torch.tensor(keep, dtype=torch.long))
+            tokens[branch] = tokens.get(branch, 0) + len(keep)
+            kept_positions.setdefault(branch, []).extend(start + x for x in keep)
+            start += p.length
+    budget = int(settings.history_mb * 2**20)
+    plan, why = plan_history(budget, steps, fine, capture.order, settings.history_groups, cap.batch, tokens,
+                             settings.history_stride)
+    if plan is None:
+        log.warning("Attention Focus: no history for this run: %s", why)
+        cap.history_meta = {"error": why}
+        return
+    log.info("Attention Focus %s", plan.describe())
+    cap.history = History(plan, offsets)
+    members: list[list[str]] = [[] for _ in plan.groups]
+    for k in capture.order:
+        members[plan.group_of[k]].append(k.name())
+    cap.history_meta = {"grid": list(plan.grid), "groups": list(plan.groups), "group_layers": members,
+                        "budget_bytes": budget, "schedule": sig, "planned_steps": steps,
+                        "positions": kept_positions}
+
+
+def _history_meta(cap: CaptureRun, branch: str) -> dict:
+    """The history's metadata for one branch (frames, stride, sizes, what was left out)."""
+    h = cap.history
+    meta = {k: v for k, v in cap.history_meta.items() if k != "positions"}
+    meta["tokens"] = cap.history_meta.get("positions", {}).get(branch, [])
+    meta.update({"stride": h.stride, "frames": [list(f) for f in h.frame_labels()], "bytes": h.plan.nbytes(),
+                 "peak_bytes": h.peak_bytes, "evaluations": len(h.sigmas),
+                 "summary": h.plan.describe().replace(f"up to {h.plan.frames} frames",
+                                                      f"{len(h.frame_labels())} frames")})
+    if h.stride != h.plan.stride:
+        meta["summary"] += f" (stride raised to {h.stride}: more evaluations than planned)"
+    if h.skipped:
+        meta["left_out"] = sorted(h.skipped)
+    return meta
 
 
 def _region_of(cap: CaptureRun, uid: str, call_hw: tuple[int, int]) -> tuple[bool, Region | None]:
@@ -162,6 +231,7 @@ def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: 
             p = _dit_probs(settings, info, q[rows], k[rows], heads, bhld, m, bias, scale)
             cap.store.add(uid, info.layer, p, info.hw, evaluation, merge_as=LayerKey("dit", 0, 0, info.layer.level),
                           region=region)
+            _to_history(cap, uid, region, info, p, evaluation)
             continue
         p = cross_attention_probs(q[rows], k[rows], heads, bhld=bhld, reduce=settings.head_reduction, mask=m,
                                   key_bias=bias)
@@ -170,6 +240,16 @@ def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: 
         length = prompt.length if prompt is not None else key_len
         p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
         cap.store.add(uid, info.layer, p, info.hw, evaluation, region=region)
+        _to_history(cap, uid, region, info, p, evaluation)
+
+
+def _to_history(cap: CaptureRun, uid: str, region: Region | None, info: CallInfo, p, evaluation: int) -> None:
+    if cap.history is None:
+        return
+    if region is not None:
+        cap.history.skipped.add("area prompts (evaluated on a crop of the latent)")
+        return
+    cap.history.add(uid, info.layer, p, info.hw, evaluation, info.sigma)
 
 
 def _daam_capture(cap: CaptureRun, uid: str, prompt: PromptInfo | None, region: Region | None, info: CallInfo, q, k,
@@ -188,6 +268,7 @@ def _daam_capture(cap: CaptureRun, uid: str, prompt: PromptInfo | None, region: 
     p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
     b, h = p.shape[:2]
     cap.store.add(uid, info.layer, p.reshape(b * h, *p.shape[2:]), info.hw, evaluation, heads=h)
+    _to_history(cap, uid, region, info, p.mean(1), evaluation)
 
 
 def _dit_probs(settings: CaptureSettings, info: CallInfo, q, k, heads: int, bhld: bool, mask, bias, scale):
@@ -250,6 +331,12 @@ def finalize(cap: CaptureRun, maps: AttentionMaps, origin) -> MapsRecord:
         if origin is not None:
             meta["sampler_node"] = origin.real_node_id
             meta["prompt_id"] = origin.prompt_id
-        branches[branch] = MapSet(torch.cat(parts, 1) if len(parts) > 1 else parts[0], table, meta)
+        extra = {}
+        if cap.history is not None and cap.history.result(branch) is not None:
+            extra["history"] = cap.history.result(branch)
+            meta["history"] = _history_meta(cap, branch)
+        elif cap.history_meta.get("error"):
+            meta["history"] = {"error": cap.history_meta["error"]}
+        branches[branch] = MapSet(torch.cat(parts, 1) if len(parts) > 1 else parts[0], table, meta, extra)
     content = fingerprint(torch.cat([ms.maps.reshape(-1) for ms in branches.values()])) if branches else ""
     return MapsRecord(branches, tuple(cap.latent_hw), cap.batch, origin, content)
