@@ -1,8 +1,10 @@
 """Saving and loading aggregated attention maps as .safetensors (float32 tensor + JSON metadata).
 
-File layout: one tensor ``maps`` of shape (batch, tokens, H_lat, W_lat), float32; the safetensors
+File layout: one tensor ``maps`` of shape (batch, tokens, H, W), float32; the safetensors
 metadata key ``attention_focus`` holds one JSON object (format, version, model family, sizes, steps,
-layers, token table). No pickle anywhere.
+layers, token table). No pickle anywhere. Optional tensors, each described by the metadata entry of the same
+name (older readers ignore them): ``history`` (frames, layer groups, batch, kept tokens, h, w), ``frames``
+(batch, video frames, tokens, H, W) and ``influence`` (batch, words, H, W).
 """
 
 from __future__ import annotations
@@ -18,27 +20,40 @@ import torch
 FORMAT = "attention-focus-maps"
 VERSION = 1
 META_KEY = "attention_focus"
+EXTRA_DIMS = {"history": 6, "frames": 5, "influence": 4}  # optional tensors and their number of dimensions
+_BATCH_DIM = {"history": 2, "frames": 0, "influence": 0}
 
 
 class MapsFileError(ValueError):
     """A file that is not a valid Attention Focus maps file; the message says why and what to do."""
 
 
-def save_maps(path: str | Path, maps: torch.Tensor, meta: dict[str, Any]) -> None:
-    """Write ``maps`` (float32, 4-D) and ``meta`` (JSON-serialisable) to ``path``."""
+def save_maps(path: str | Path, maps: torch.Tensor, meta: dict[str, Any],
+              extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``maps`` (float32, 4-D), the optional ``extra`` tensors and ``meta`` (JSON-serialisable) to ``path``."""
     from safetensors.torch import save_file
 
     if maps.ndim != 4:
         raise ValueError(f"maps must be (batch, tokens, H, W), got shape {tuple(maps.shape)}")
+    tensors = {"maps": maps.detach().float().contiguous().cpu()}
+    for name, t in (extra or {}).items():
+        if EXTRA_DIMS.get(name) != t.ndim:
+            raise ValueError(f"unknown extra tensor {name!r} of shape {tuple(t.shape)}")
+        tensors[name] = t.detach().float().contiguous().cpu()
     meta = {"format": FORMAT, "version": VERSION, **meta}
     tmp = Path(f"{path}.tmp")
-    save_file({"maps": maps.detach().float().contiguous().cpu()}, str(tmp),
-              metadata={META_KEY: json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     os.replace(tmp, path)
 
 
 def load_maps(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """Read and validate a maps file; raises MapsFileError with the reason and the fix."""
+    maps, meta, _ = load_maps_file(path)
+    return maps, meta
+
+
+def load_maps_file(path: str | Path) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and validate a maps file: (maps, meta, optional tensors); MapsFileError with the reason and the fix."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -50,6 +65,7 @@ def load_maps(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
             header = f.metadata() or {}
             keys = list(f.keys())
             maps = f.get_tensor("maps") if "maps" in keys else None
+            extra = {k: f.get_tensor(k) for k in keys if k in EXTRA_DIMS}
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise MapsFileError(f"{name!r} is not a readable safetensors file ({type(e).__name__}): choose a file "
                             "written by Attention Focus Save Maps") from None
@@ -77,7 +93,12 @@ def load_maps(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     if tokens and len(tokens) != maps.shape[1]:
         raise MapsFileError(f"{name!r}: the token table has {len(tokens)} entries but the maps have "
                             f"{maps.shape[1]} tokens; the file is inconsistent, save the maps again")
-    return maps.float(), meta
+    for key, t in extra.items():
+        if t.ndim != EXTRA_DIMS[key] or not t.is_floating_point() or not isinstance(meta.get(key), dict) \
+                or t.shape[_BATCH_DIM[key]] != maps.shape[0]:
+            raise MapsFileError(f"{name!r}: its {key!r} tensor {tuple(t.shape)} does not fit the maps "
+                                f"{tuple(maps.shape)} or has no description; the file is damaged, save the maps again")
+    return maps.float(), meta, {k: t.float() for k, t in extra.items()}
 
 
 def _is_int(v) -> bool:
@@ -113,7 +134,7 @@ def _check_fields(name: str, meta: dict[str, Any]) -> None:
                                 f"{what}; the file is damaged or was edited: save the maps again")
 
 
-def maps_from_file(maps: torch.Tensor, meta: dict[str, Any]):
+def maps_from_file(maps: torch.Tensor, meta: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
     """A MapSet from a loaded file (the token table rebuilt; MapsFileError if it is damaged)."""
     from .capture_store import MapSet
     from .token_table import TokenTable
@@ -129,7 +150,7 @@ def maps_from_file(maps: torch.Tensor, meta: dict[str, Any]):
         if len(tokens) != maps.shape[1]:
             raise MapsFileError(f"the file's token table has {len(tokens)} rows but the maps have {maps.shape[1]} "
                                 "tokens; save the maps again")
-    return MapSet(maps, tokens, meta)
+    return MapSet(maps, tokens, meta, dict(extra or {}))
 
 
 # longest file name most file systems allow (bytes); the counter and suffix take the rest

@@ -31,6 +31,12 @@ def select_words(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], 
 
     AttentionFocusError names the input when a word is not in the prompt or the maps carry no labels.
     """
+    names, groups = word_groups(ms, table, words)
+    return names, word_maps(ms.maps.float(), groups)
+
+
+def word_groups(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], list[tuple[int, ...]]]:
+    """The words a user typed (empty: the prompt's words) → (names, token positions of each)."""
     try:
         targets = parse_targets(words)
     except ValueError as e:
@@ -44,7 +50,7 @@ def select_words(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], 
             raise AttentionFocusError(f"words: {e}" + (f" (Note: {note})" if note else "")) from None
         except ValueError as e:
             raise AttentionFocusError(f"words: {e}") from None
-        return targets, word_maps(ms.maps.float(), groups)
+        return targets, groups
     if table.meta.get("positional"):
         note = next((p["token_note"] for p in ms.meta.get("prompts", []) if p.get("token_note")), "")
         raise AttentionFocusError(
@@ -55,7 +61,7 @@ def select_words(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], 
     words_all = table.merged_words()
     if not words_all:
         raise AttentionFocusError("words: the prompt has no words to show: type the words to map")
-    return [w.text for w in words_all], word_maps(ms.maps.float(), [w.positions for w in words_all])
+    return [w.text for w in words_all], [w.positions for w in words_all]
 
 
 def positional_segment(start: int, length: int) -> TokenTable:

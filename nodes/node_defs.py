@@ -8,24 +8,21 @@ import os
 from typing import Any
 
 from .capture import add_capture
-from .capture_store import AttentionMaps, MapSet, select_words
+from .capture_store import AttentionMaps, select_words
 from .cond_tokens import register
 from .errors import AttentionFocusError
 from .hook_state import TOKENS_KEY
-from .maps_file import MapsFileError, list_maps_files, load_maps, maps_from_file, safe_output_path, save_maps
-from .provenance import record_for_image
+from .maps_file import MapsFileError, list_maps_files, load_maps_file, maps_from_file, safe_output_path, save_maps
+from .node_common import ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, labels_for, mapset_for, preview
 from .render import COLORMAPS, render_heatmaps
 from .reweight import add_reweight
-from .sampling_run import executing_prompt
+from .segmentation import MASK_MODES, threshold_masks
 from .text_layout import context_tokens
-from .token_table import TokenTable, positional_table, restrict_streams
+from .token_table import TokenTable, restrict_streams
 from .word_syntax import parse_weights
 
 log = logging.getLogger("attention_focus")
 
-CATEGORY = "attention focus"
-ATTENTION_MAPS = "ATTENTION_MAPS"
-_PROVENANCE = {"dynprompt": "DYNPROMPT", "unique_id": "UNIQUE_ID"}
 
 
 class AttentionFocusTextEncode:
@@ -99,6 +96,16 @@ class AttentionFocusCapture:
                        "down and up blocks only, layers on 1/8 of its 64x64 grid (96x96 for SD2 768-v) dropped, "
                        "each head resized then averaged, maps on that grid; keeps per-head sums (more memory). "
                        "Pick DAAM to compare numbers with DAAM or papers using it."}),
+            "history_mb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 65536.0, "step": 16.0, "tooltip":
+                           "0 = off. Otherwise keep the maps per step and per layer group within this many MB "
+                           "(e.g. 256): the finest grid at which every step fits, else several steps per frame. "
+                           "Memory never exceeds it, whatever the steps, layers, batch or image size. The "
+                           "History node shows a timelapse and a per-layer grid, and says what the budget allowed."}),
+            "history_stride": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip":
+                               "Model evaluations per history frame (at least; the budget may need more)."}),
+            "history_layers": (["each layer", "each block", "each level"], {"default": "each layer", "tooltip":
+                               "History layer groups: each layer ('input 4', 'output 5.1', 'double 3', "
+                               "'single 12'), each block (depths merged), or each resolution level (less memory)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
@@ -111,59 +118,15 @@ class AttentionFocusCapture:
                    "image is unchanged.")
 
     def patch(self, model, layers: str, branch: str, start_percent: float, end_percent: float,
-              head_reduction: str, dit_softmax: str = "all keys", method: str = "fast", unique_id: str | None = None):
+              head_reduction: str, dit_softmax: str = "all keys", method: str = "fast", history_mb: float = 0.0,
+              history_stride: int = 1, history_layers: str = "each layer", unique_id: str | None = None):
         softmax = {"all keys": "all", "text keys": "text"}.get(dit_softmax)
         if softmax is None:
             raise AttentionFocusError(f"dit_softmax must be 'all keys' or 'text keys', not {dit_softmax!r}")
         return add_capture(model, layers, branch, start_percent, end_percent, head_reduction, softmax,
-                           node_id=str(unique_id) if unique_id is not None else "", method=str(method).lower())
-
-
-def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
-    """The maps of ``branch`` from the run that made this node's ``image`` (see provenance)."""
-    if not isinstance(maps, AttentionMaps):
-        raise AttentionFocusError("attention_maps must come from Attention Focus Capture or Load Maps")
-    if maps.loaded is not None:
-        return maps.loaded
-    prompt_id, list_index = executing_prompt()
-
-    def describe(node_id: str) -> str:
-        try:
-            return f"{dynprompt.get_node(node_id).get('class_type', 'node')} (node {node_id})"
-        except Exception:  # noqa: BLE001 - an id the graph does not know
-            return f"node {node_id}"
-
-    graph = dynprompt if unique_id is not None else None
-    record = record_for_image(maps.node_id, maps.latest, graph, str(unique_id), "image", prompt_id, list_index,
-                              describe=describe)
-    return record.result(branch)
-
-
-def _labels(ms: MapSet, text: str, clip) -> TokenTable:
-    if text.strip() and clip is not None:
-        table = context_tokens(clip, text)[0]
-        if len(table) != ms.maps.shape[1]:
-            raise AttentionFocusError(f"text: the text gives {len(table)} token positions but the maps have "
-                                      f"{ms.maps.shape[1]}: give the exact prompt used for sampling")
-        return table
-    if ms.tokens is not None:
-        return ms.tokens
-    return positional_table(ms.maps.shape[1])
-
-
-def _check_image(ms: MapSet, image) -> None:
-    b, _, lh, lw = ms.maps.shape
-    lat = ms.meta.get("latent_size")
-    if isinstance(lat, list) and len(lat) == 2 and all(isinstance(v, int) and v > 0 for v in lat):
-        lh, lw = lat  # the maps may be on another grid (method DAAM: its reference grid)
-    ib, ih, iw = image.shape[0], image.shape[1], image.shape[2]
-    if ih % lh or iw % lw or ih // lh != iw // lw:
-        raise AttentionFocusError(
-            f"image: the maps were captured on a {lw}x{lh} latent (a {lw * 8}x{lh * 8} image) but the image is "
-            f"{iw}x{ih}: connect the image decoded from the same sampler")
-    if ib != b:
-        raise AttentionFocusError(f"image: the maps hold {b} image(s) but the IMAGE input has {ib}: connect the "
-                                  "image decoded from the same sampler")
+                           node_id=str(unique_id) if unique_id is not None else "", method=str(method).lower(),
+                           history_mb=float(history_mb), history_stride=int(history_stride),
+                           history_groups=str(history_layers).replace("each ", ""))
 
 
 class AttentionFocusHeatmap:
@@ -197,8 +160,13 @@ class AttentionFocusHeatmap:
                                 "BERT and mT5; HiDream: T5 and Llama): 'all' merges each word's tokens from "
                                 "every stream into one map; a stream name ('clip_l', 'clip_g', 't5xxl', "
                                 "'hydit_clip', 'mt5xl', 'llama') shows that stream only."}),
+                "mask_mode": (list(MASK_MODES), {"default": "soft", "tooltip":
+                              "masks output: soft (the normalised map, 0..1), threshold (1 where the normalised "
+                              "map ≥ mask_threshold) or otsu (binary, each mask at its own Otsu threshold)."}),
+                "mask_threshold": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                   "Threshold of mask_mode 'threshold', on the normalised map."}),
             },
-            "hidden": _PROVENANCE,
+            "hidden": PROVENANCE,
         }
 
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
@@ -211,11 +179,12 @@ class AttentionFocusHeatmap:
     DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
 
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
-               branch: str, text: str = "", clip=None, text_stream: str = "all", dynprompt=None, unique_id=None):
+               branch: str, text: str = "", clip=None, text_stream: str = "all", mask_mode: str = "soft",
+               mask_threshold: float = 0.5, dynprompt=None, unique_id=None):
         if not isinstance(opacity, (int, float)) or not math.isfinite(opacity) or not 0.0 <= opacity <= 1.0:
             raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {opacity!r}")
-        ms = _mapset(attention_maps, branch, dynprompt, unique_id)
-        table = _labels(ms, text or "", clip)
+        ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
+        table = labels_for(ms, text or "", clip)
         if text_stream.strip().lower() not in ("", "all"):
             streams = table.streams()
             if text_stream.strip() not in streams:
@@ -224,29 +193,13 @@ class AttentionFocusHeatmap:
                     f"{', '.join(streams) or 'a single unnamed stream'}. Use 'all' or one of them")
             table = restrict_streams(table, text_stream.strip())
         names, wm = select_words(ms, table, words)
-        _check_image(ms, image)
+        check_image(ms, image)
         overlays, grid, masks = render_heatmaps(wm, image, names, colormap, opacity, normalization)
-        ui = {"images": _preview(grid), "attention_focus_words": list(dict.fromkeys(table.word_texts()))}
+        if mask_mode not in MASK_MODES:
+            raise AttentionFocusError(f"mask_mode must be one of {', '.join(MASK_MODES)}, not {mask_mode!r}")
+        masks = threshold_masks(masks, mask_mode, float(mask_threshold))
+        ui = {"images": preview(grid), "attention_focus_words": list(dict.fromkeys(table.word_texts()))}
         return {"ui": ui, "result": (overlays, grid, masks)}
-
-
-def _preview(images) -> list[dict[str, str]]:
-    """Save images as PNGs in ComfyUI's temp folder for the node's preview; returns their UI records."""
-    import uuid
-
-    import folder_paths
-    import numpy as np
-    from PIL import Image
-
-    tmp = folder_paths.get_temp_directory()
-    os.makedirs(tmp, exist_ok=True)
-    out = []
-    for img in images:
-        name = f"attention_focus_{uuid.uuid4().hex[:12]}.png"
-        arr = (img.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(os.path.join(tmp, name), compress_level=1)
-        out.append({"filename": name, "subfolder": "", "type": "temp"})
-    return out
 
 
 class AttentionFocusSaveMaps:
@@ -261,7 +214,7 @@ class AttentionFocusSaveMaps:
             "filename_prefix": ("STRING", {"default": "attention_focus/maps", "tooltip":
                                 "File name prefix inside ComfyUI's output folder; subfolders with '/'."}),
             "branch": (["positive", "negative"], {"default": "positive", "tooltip": "Which prompt's maps."}),
-        }, "hidden": _PROVENANCE}
+        }, "hidden": PROVENANCE}
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True
@@ -272,8 +225,8 @@ class AttentionFocusSaveMaps:
     def save(self, attention_maps, image, filename_prefix: str, branch: str, dynprompt=None, unique_id=None):
         import folder_paths
 
-        ms = _mapset(attention_maps, branch, dynprompt, unique_id)
-        _check_image(ms, image)
+        ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
+        check_image(ms, image)
         out_dir = folder_paths.get_output_directory()
         path = safe_output_path(out_dir, filename_prefix)
         meta = dict(ms.meta)
@@ -282,7 +235,7 @@ class AttentionFocusSaveMaps:
             "tokens": ms.tokens.to_list() if ms.tokens is not None else [],
             "token_table": ms.tokens.to_json() if ms.tokens is not None else None,
         })
-        save_maps(path, ms.maps.float().cpu(), meta)
+        save_maps(path, ms.maps.float().cpu(), meta, ms.extra)
         rel = os.path.relpath(path, out_dir)
         sub, name = os.path.split(rel)
         return {"ui": {"attention_maps": [{"filename": name, "subfolder": sub, "type": "output"}]}}
@@ -330,8 +283,8 @@ class AttentionFocusLoadMaps:
         return True
 
     def load(self, file: str):
-        maps, meta = load_maps(self._path(file))
-        return (AttentionMaps(mapset=maps_from_file(maps, meta), family=str(meta.get("model_family", ""))),)
+        maps, meta, extra = load_maps_file(self._path(file))
+        return (AttentionMaps(mapset=maps_from_file(maps, meta, extra), family=str(meta.get("model_family", ""))),)
 
 
 class AttentionFocusReweight:
@@ -367,6 +320,8 @@ class AttentionFocusReweight:
         return (add_reweight(model, spec, mode, layers, branch, start_percent, end_percent),)
 
 
+from .analysis_nodes import ANALYSIS_NAMES, ANALYSIS_NODES  # noqa: E402 (after the shared classes)
+
 NODE_CLASS_MAPPINGS: dict[str, Any] = {
     "AttentionFocusTextEncode": AttentionFocusTextEncode,
     "AttentionFocusCapture": AttentionFocusCapture,
@@ -374,6 +329,7 @@ NODE_CLASS_MAPPINGS: dict[str, Any] = {
     "AttentionFocusSaveMaps": AttentionFocusSaveMaps,
     "AttentionFocusLoadMaps": AttentionFocusLoadMaps,
     "AttentionFocusReweight": AttentionFocusReweight,
+    **ANALYSIS_NODES,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AttentionFocusTextEncode": "Attention Focus Text Encode (with tokens)",
@@ -382,4 +338,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AttentionFocusSaveMaps": "Attention Focus Save Maps",
     "AttentionFocusLoadMaps": "Attention Focus Load Maps",
     "AttentionFocusReweight": "Attention Focus Reweight",
+    **ANALYSIS_NAMES,
 }

@@ -1,0 +1,131 @@
+"""The analysis nodes (History, Segment, Compare, the Heatmap's threshold masks, Save/Load with the history) on
+maps captured from a real ComfyUI UNet with real CLIP token labels; expectations computed here by hand."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+PROMPT = "a photorealistic cat wearing a hat and a red hat"
+
+
+@pytest.fixture(scope="module")
+def runs(comfy):
+    """Two captured runs (seeds 1 and 2) of a tiny SD1.5-shaped UNet with a labelled prompt, 4 steps, history on."""
+    from comfy.sd1_clip import SD1Tokenizer
+
+    from attention_focus.nodes.cond_tokens import register
+    from attention_focus.nodes.hook_state import TOKENS_KEY
+    from attention_focus.nodes.text_layout import context_tokens
+    from harness import fixtures
+    from harness import pack as cp
+
+    tok = SD1Tokenizer()
+    clip = types.SimpleNamespace(tokenizer=tok, tokenize=lambda t, return_word_ids=False, **k:
+                                 tok.tokenize_with_weights(t, return_word_ids))
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos = fixtures.random_conditioning("sd15", seed=1)
+    pos[0][1][TOKENS_KEY] = register(pos[0][0], context_tokens(clip, PROMPT, context_length=77)[0])
+    neg = fixtures.random_conditioning("sd15", seed=2)
+    out = []
+    for seed in (1, 2):
+        m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", history_mb=32)
+        fixtures.sample(m, pos, neg, torch.zeros(1, 4, 16, 16), seed=seed, steps=4, cfg=5.0)
+        image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(seed))
+        out.append((maps, image))
+    return comfy, out
+
+
+def _node(comfy, name):
+    return comfy.nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+def test_history_node_timelapse_layer_grid_and_webp(runs):
+    comfy, ((maps, image), _) = runs
+    from PIL import Image
+
+    res = _node(comfy, "AttentionFocusHistory").render(maps, image, "cat, hat", "turbo", 0.6, "shared", "per step",
+                                                        "positive", 4.0, True, "t/timelapse")
+    clip, grid, summary = res["result"]
+    meta = maps.result().meta["history"]
+    assert clip.shape[0] == 4 == len(meta["frames"])  # one frame per step
+    assert clip.shape[2] == 3 * 128 + 4 * 2  # image | cat | hat in a row, 2 px padding
+    assert grid.shape[0] == 2  # one layer grid per word
+    assert summary.startswith("history: 16x16 cells, 7 layer groups, 4 frames (every evaluation)")
+    f = res["ui"]["images"][0]
+    webp = Image.open(Path(comfy.folder_paths.get_output_directory()) / f["subfolder"] / f["filename"])
+    assert webp.n_frames == 4 and res["ui"]["animated"] == (True,)
+    # cumulative: the last frame shows the whole run's mean, which is the time-sum over all layers
+    cum = _node(comfy, "AttentionFocusHistory").render(maps, image, "cat", "turbo", 1.0, "per frame", "cumulative",
+                                                        "positive", 4.0, False, "t/x")["result"][0]
+    assert cum.shape[0] == 4 and not torch.equal(cum[0], cum[-1])
+
+
+def test_save_and_load_keep_the_history(runs):
+    comfy, ((maps, image), _) = runs
+    saved = _node(comfy, "AttentionFocusSaveMaps").save(maps, image, "t/hist_maps", "positive")
+    f = saved["ui"]["attention_maps"][0]
+    (loaded,) = _node(comfy, "AttentionFocusLoadMaps").load(f"{f['subfolder']}/{f['filename']}")
+    live, back = maps.result(), loaded.loaded
+    assert torch.equal(back.extra["history"], live.extra["history"].cpu())
+    assert back.meta["history"]["frames"] == live.meta["history"]["frames"]
+    node = _node(comfy, "AttentionFocusHistory")
+    a = node.render(maps, image, "hat", "turbo", 0.6, "shared", "per step", "positive", 4.0, False, "t/a")["result"]
+    b = node.render(loaded, image, "hat", "turbo", 0.6, "shared", "per step", "positive", 4.0, False, "t/b")["result"]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _word(ms, word):
+    """A word's map: the mean of the tokens of all its occurrences."""
+    return ms.maps[:, [p for w in ms.tokens.merged_words() if w.text == word for p in w.positions]].mean(1)
+
+
+def test_segment_node_is_the_hand_computed_arg_max(runs):
+    comfy, ((maps, image), _) = runs
+    ms = maps.result()
+    pic, masks = _node(comfy, "AttentionFocusSegment").segment(maps, image, "cat, hat, red", 0.4, "per word", 0.5,
+                                                                "positive")["result"]
+    words = torch.stack([_word(ms, w) for w in ("cat", "hat", "red")], 1)[0]  # (3, 16, 16)
+    lo, hi = words.amin((1, 2), keepdim=True), words.amax((1, 2), keepdim=True)
+    norm = (words - lo) / (hi - lo)
+    best, arg = norm.max(0)
+    labels = torch.where(best >= 0.4, arg + 1, 0)
+    big = labels.repeat_interleave(8, 0).repeat_interleave(8, 1)  # nearest, ×8
+    assert masks.shape == (3, 128, 128)
+    for j in range(3):
+        assert torch.equal(masks[j], (big == j + 1).float())
+    assert pic.shape[1] > 128 and pic.shape[2] == 128  # legend below
+
+
+def test_heatmap_threshold_and_otsu_masks(runs):
+    comfy, ((maps, image), _) = runs
+    from attention_focus.nodes.segmentation import otsu_thresholds
+
+    node = _node(comfy, "AttentionFocusHeatmap")
+    soft = node.render(maps, image, "cat, hat", "turbo", 0.6, "per word", "positive")["result"][2]
+    thr = node.render(maps, image, "cat, hat", "turbo", 0.6, "per word", "positive", mask_mode="threshold",
+                      mask_threshold=0.5)["result"][2]
+    otsu = node.render(maps, image, "cat, hat", "turbo", 0.6, "per word", "positive", mask_mode="otsu")["result"][2]
+    assert torch.equal(thr, (soft >= 0.5).float())
+    t = otsu_thresholds(soft)
+    assert torch.equal(otsu, (soft >= t[:, None, None]).float())
+    assert set(otsu.unique().tolist()) == {0.0, 1.0}
+
+
+def test_compare_node_differences_on_one_scale(runs):
+    comfy, ((ma, ia), (mb, ib)) = runs
+    tiles, grid = _node(comfy, "AttentionFocusCompare").compare(ma, ia, mb, ib, "cat, hat", 1.0,
+                                                                 "positive")["result"]
+    a, b = ma.result(), mb.result()
+    d = torch.stack([_word(a, w) - _word(b, w) for w in ("cat", "hat")], 1)
+    scale = float(d.abs().max())
+    assert tiles.shape == (2, 128, 128, 3) and grid.shape[0] == 1
+    # the colour at a pixel far from the caption is the diverging colour of d / scale there (bicubic ×8)
+    up = F.interpolate(d.reshape(2, 1, 16, 16), size=(128, 128), mode="bicubic", align_corners=False)[:, 0]
+    from attention_focus.nodes.segmentation import diverging
+
+    torch.testing.assert_close(tiles[:, 100, 100], diverging(up[:, 100, 100] / scale), atol=1e-5, rtol=1e-5)
