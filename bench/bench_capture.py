@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="full SD1.5/SDXL widths (slow on CPU)")
     ap.add_argument("--only", choices=["sd15", "sdxl"], default=None)
+    ap.add_argument("--history-mb", type=float, default=256.0, help="budget of the 'capture + history' variant")
+    ap.add_argument("--history-only", action="store_true", help="only baseline, capture and capture + history")
     args = ap.parse_args()
 
     from harness.comfy_boot import boot
@@ -93,9 +95,12 @@ def main() -> None:
         variants = {"baseline": mp}
         capm, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
         variants["capture"] = capm
-        variants["reweight scale"] = cp.add_reweight(mp, [("#3", 2.0)], "scale", "all", "positive", 0, 1)
-        variants["reweight renormalize"] = cp.add_reweight(mp, [("#3", 2.0)], "renormalize", "all",
-                                                           "positive", 0, 1)
+        hism, hmaps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", history_mb=args.history_mb)
+        variants["capture + history"] = hism
+        if not args.history_only:
+            variants["reweight scale"] = cp.add_reweight(mp, [("#3", 2.0)], "scale", "all", "positive", 0, 1)
+            variants["reweight renormalize"] = cp.add_reweight(mp, [("#3", 2.0)], "renormalize", "all",
+                                                               "positive", 0, 1)
 
         def run(m, noise=noise, pos=pos, neg=neg, lat=lat):
             with torch.inference_mode():
@@ -104,14 +109,31 @@ def main() -> None:
 
         best, outs = best_times(variants, run, args.rounds)
         assert torch.equal(outs["baseline"], outs["capture"]), "capture changed the output"
+        assert torch.equal(outs["baseline"], outs["capture + history"]), "the history changed the output"
         res = maps.result("positive")
         n_layers = len(res.meta["layers"])
         print(f"\n{family}@{side * 8}: latent {side}x{side}, {n_layers} cross-attention layers")
         print_ratios(best)
         formula = 4 * res.maps.shape[0] * res.maps.shape[1] * sum(
             (-(-side // 2 ** lv)) ** 2 for lv in res.meta["levels"])
-        print(f"  capture store: {maps.store.nbytes() / 2**20:.2f} MiB (peak {maps.store.peak_bytes / 2**20:.2f} "
+        store = maps.last_run.store
+        print(f"  capture store: {store.nbytes() / 2**20:.2f} MiB (peak {store.peak_bytes / 2**20:.2f} "
               f"MiB; formula 4·B·T·Σhw = {formula / 2**20:.2f} MiB), independent of steps")
+        report_history(hmaps, lambda m=capm: run(m), lambda m=hism: run(m))
+
+
+def report_history(hmaps, run_capture, run_history) -> None:
+    """The history's plan, its buffer's peak, and the measured peak resident memory it adds over the capture."""
+    from timing import peak_rss_increase
+
+    meta = hmaps.result("positive").meta["history"]
+    hist = hmaps.last_run.history
+    print(f"  {meta['summary']}")
+    print(f"  history buffer: peak {hist.peak_bytes / 2**20:.2f} MiB (budget {meta['budget_bytes'] / 2**20:.0f} MiB)")
+    cap, his = peak_rss_increase(run_capture), peak_rss_increase(run_history)
+    if cap is not None and his is not None:
+        print(f"  measured peak RSS during sampling: capture +{cap / 2**20:.1f} MiB, capture + history "
+              f"+{his / 2**20:.1f} MiB → the history adds {(his - cap) / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

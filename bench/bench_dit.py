@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="SD3-Medium's full 24 blocks (slow on CPU)")
     ap.add_argument("--only", choices=["flux", "sd3"], default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--history-mb", type=float, default=256.0, help="budget of the 'capture + history' variant")
+    ap.add_argument("--history-only", action="store_true", help="only baseline, capture and capture + history")
     args = ap.parse_args()
 
     from harness.comfy_boot import boot
@@ -82,6 +84,7 @@ def main() -> None:
     import torch
 
     from attention_focus.nodes import attention_math as am
+    from bench_capture import report_history
     from harness import pack as cp
 
     device = torch.device(args.device)
@@ -97,11 +100,14 @@ def main() -> None:
         variants = {"baseline": mp}
         capm, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", "all")
         variants["capture (all keys)"] = capm
-        capt, maps_t = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", "text")
-        variants["capture (text keys)"] = capt
-        variants["reweight scale"] = cp.add_reweight(mp, [("#3", 2.0)], "scale", "all", "positive", 0, 1)
-        variants["reweight renormalize"] = cp.add_reweight(mp, [("#3", 2.0)], "renormalize", "all",
-                                                           "positive", 0, 1)
+        hism, hmaps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", "all", history_mb=args.history_mb)
+        variants["capture + history"] = hism
+        if not args.history_only:
+            capt, maps_t = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", "text")
+            variants["capture (text keys)"] = capt
+            variants["reweight scale"] = cp.add_reweight(mp, [("#3", 2.0)], "scale", "all", "positive", 0, 1)
+            variants["reweight renormalize"] = cp.add_reweight(mp, [("#3", 2.0)], "renormalize", "all",
+                                                               "positive", 0, 1)
 
         def run(m, noise=noise, pos=pos, neg=neg, lat=lat):
             with torch.inference_mode():
@@ -110,6 +116,7 @@ def main() -> None:
 
         best, outs = best_times(variants, run, args.rounds)
         assert torch.equal(outs["baseline"], outs["capture (all keys)"]), "capture changed the output"
+        assert torch.equal(outs["baseline"], outs["capture + history"]), "the history changed the output"
         res = maps.result("positive")
         n_txt = pos[0][0].shape[1]
         print(f"\n{family}@512: latent 64x64, {len(res.meta['layers'])} joint layers, "
@@ -117,11 +124,12 @@ def main() -> None:
         print_ratios(best)
         heads = 24
         lk = n_txt + 1024
-        print(f"  capture store: {maps.store.nbytes() / 2**20:.2f} MiB (formula 4·B·T·h·w = "
+        print(f"  capture store: {maps.last_run.store.nbytes() / 2**20:.2f} MiB (formula 4·B·T·h·w = "
               f"{4 * n_txt * 32 * 32 / 2**20:.2f} MiB: one accumulator for all layers, independent of steps)")
         print(f"  transient per call: ≤ {am.MAX_LOGITS * 4 / 2**20:.0f} MiB of logits (query chunks) + "
               f"4·B·n_img·T = {4 * 1024 * n_txt / 2**20:.2f} MiB; the full joint matrix would be "
               f"4·B·H·L² = {4 * heads * lk * lk / 2**20:.0f} MiB per layer")
+        report_history(hmaps, lambda m=capm: run(m), lambda m=hism: run(m))
 
 
 if __name__ == "__main__":

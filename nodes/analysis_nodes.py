@@ -198,8 +198,75 @@ class AttentionFocusCompare:
         return {"ui": {"images": preview(grid)}, "result": (tiles, grid)}
 
 
+class AttentionFocusInfluence:
+    """Each word's influence (the change its removal makes to the prediction) beside its attention map."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "attention_maps": _MAPS, "image": _IMAGE,
+            "words": ("STRING", {"default": "", "multiline": False, "tooltip":
+                      "Words among the capture's influence_words (empty: all of them)."}),
+            "colormap": _COLORMAP, "opacity": _OPACITY,
+            "normalization": (["per word", "shared"], {"default": "per word", "tooltip":
+                              "per word: each map stretched to its own range; shared: one scale for all words' "
+                              "attention maps and one for all their influence maps."}),
+        }, "hidden": PROVENANCE}
+
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("pairs", "grid")
+    OUTPUT_TOOLTIPS = ("Per image and word: the attention overlay then the influence overlay, captioned alike.",
+                       "Per image: two rows, attention above influence, one column per word.")
+    FUNCTION = "render"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Where a word is attended next to what it does: needs a capture with influence_words and "
+                   "influence_steps set.")
+
+    def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
+               dynprompt=None, unique_id=None):
+        from .render import make_grid, render_heatmaps
+        from .word_syntax import parse_targets
+
+        opacity = _opacity(opacity)
+        ms = mapset_for(attention_maps, "positive", dynprompt, unique_id)
+        meta = ms.meta.get("influence")
+        if "influence" not in ms.extra or not meta:
+            raise AttentionFocusError("these maps have no influence maps: set influence_words and influence_steps on "
+                                      "Attention Focus Capture and run the sampler again")
+        check_image(ms, image)
+        known = list(meta["words"])
+        try:
+            chosen = parse_targets(words) or known
+        except ValueError as e:
+            raise AttentionFocusError(f"words: {e}") from None
+        missing = [w for w in chosen if w not in known]
+        if missing:
+            raise AttentionFocusError(f"words: {', '.join(map(repr, missing))} had no influence measured; the capture "
+                                      f"measured {', '.join(map(repr, known))}")
+        names, groups = word_groups(ms, labels_for(ms, "", None), ", ".join(f'"{w}"' for w in chosen))
+        att = word_maps(ms.maps.float(), groups)
+        inf = ms.extra["influence"].float()[:, [known.index(w) for w in chosen]]
+        inf = F.interpolate(inf, size=tuple(att.shape[-2:]), mode="bilinear", align_corners=False) \
+            if inf.shape[-2:] != att.shape[-2:] else inf
+        steps = ", ".join(map(str, meta.get("steps", [])))
+        a_tiles = render_heatmaps(att, image, [f"{n} · attention" for n in names], colormap, opacity,
+                                  normalization)[0]
+        i_tiles = render_heatmaps(inf, image, [f"{n} · influence (steps {steps})" for n in names], colormap, opacity,
+                                  normalization)[0]
+        b, n = att.shape[:2]
+        pairs, grids = [], []
+        for i in range(b):
+            row_a, row_i = a_tiles[i * n:(i + 1) * n], i_tiles[i * n:(i + 1) * n]
+            for j in range(n):
+                pairs.append(make_grid(torch.stack([row_a[j], row_i[j]]), columns=2))
+            grids.append(make_grid(torch.cat([row_a, row_i]), columns=n))
+        grid = torch.stack(grids)
+        return {"ui": {"images": preview(grid)}, "result": (torch.stack(pairs), grid)}
+
+
 ANALYSIS_NODES = {"AttentionFocusHistory": AttentionFocusHistory, "AttentionFocusSegment": AttentionFocusSegment,
-                  "AttentionFocusCompare": AttentionFocusCompare}
+                  "AttentionFocusCompare": AttentionFocusCompare, "AttentionFocusInfluence": AttentionFocusInfluence}
 ANALYSIS_NAMES = {"AttentionFocusHistory": "Attention Focus History (timelapse, layers)",
                   "AttentionFocusSegment": "Attention Focus Segment (label map)",
-                  "AttentionFocusCompare": "Attention Focus Compare (A - B)"}
+                  "AttentionFocusCompare": "Attention Focus Compare (A - B)",
+                  "AttentionFocusInfluence": "Attention Focus Influence (what a word does)"}

@@ -9,7 +9,6 @@ by its mask (``capture_store``). At the end of each finished run the maps are ag
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -23,11 +22,13 @@ from .capture_store import (AttentionMaps, CaptureSettings, CaptureStore, MapSet
                             fingerprint, merge_prompts)
 from .errors import AttentionFocusError
 from .families import model_family, resolve_layers
-from .history import History, plan_history
+from .capture_history import history_meta, start_history, to_history
+from .history import History
+from .hook_state import state_of
+from .influence import InfluenceRun, ablation_weights, influence_meta, plan_influence, run_passes
 from .layer_spec import LayerKey, describe_layers
 from .provenance import REGISTRY
-
-log = logging.getLogger("attention_focus")
+from .reweight import apply_weights
 
 
 @dataclass
@@ -45,6 +46,8 @@ class CaptureRun:
     daam_side: int = 64  # method DAAM: side of the reference grid
     history: History | None = None
     history_meta: dict = field(default_factory=dict)
+    influence: InfluenceRun | None = None
+    schedule_steps: int = 0
 
 
 class Capture:
@@ -65,8 +68,19 @@ class Capture:
     def start_run(self, guider, run: RunState, noise, sigmas) -> None:
         hi, lo = cp.sigma_window(guider.model_patcher, self.settings.start, self.settings.end)
         cap = run.data[id(self)] = CaptureRun(run.prompts, run.latent_hw, run.batch, hi, lo, daam_side=self.daam_side)
+        sig = [float(x) for x in sigmas.reshape(-1)] if isinstance(sigmas, torch.Tensor) else list(sigmas or [])
+        cap.schedule_steps = max(0, len(sig) - 1)
+        if self.settings.influence_words.strip() and self.settings.influence_steps > 0:
+            cap.influence = plan_influence(self.settings.influence_words, self.settings.influence_steps, run, sig,
+                                           lo, hi)
         if self.settings.history_mb > 0:
-            _start_history(cap, self, sigmas)
+            start_history(cap, self, sig)
+
+    def after_evaluation(self, st: SharedState, guider, x, timestep, model_options) -> None:
+        """After a sampler evaluation: the influence passes, when this is a chosen step."""
+        cap = st.run.data.get(id(self))
+        if cap is not None and cap.influence is not None:
+            run_passes(cap.influence, guider, x, timestep, model_options)
 
     def end_run(self, run: RunState) -> None:
         cap = run.data.get(id(self))
@@ -79,8 +93,16 @@ class Capture:
         REGISTRY.add(self.maps.node_id, record)
 
     def hook(self, st: SharedState, info: CallInfo | None, prev, func, *args, **kwargs):
+        cap = st.run.data.get(id(self)) if info is not None else None
+        if cap is not None and cap.influence is not None and cap.influence.active:  # an influence pass
+            if cap.influence.ablate:
+                q, k, v, heads, bhld, mask = cp.split_args(args, kwargs)
+                w = ablation_weights(st, info, q.shape[0], k.shape[2] if bhld else k.shape[1], cap.influence.ablate,
+                                     q.device)
+                if w is not None:
+                    args, kwargs = apply_weights(args, kwargs, w, "scale", bhld, q)
+            return cp.call_next(prev, func, args, kwargs)
         if info is not None and info.layer in self.layers:
-            cap = st.run.data.get(id(self))
             if cap is not None and cap.sigma_lo <= info.sigma <= cap.sigma_hi:
                 with torch.no_grad():
                     _capture(st, cap, self.settings, info, args, kwargs)
@@ -108,9 +130,30 @@ def add_capture(model, layer_spec: str = "all", branch: str = "positive", start:
     cap = Capture(settings, layers, maps, side)
     st = cp.add_effect(m, cap)
     cap.patch = st.spec.patch if st.spec.kind == "dit" else 1
+    if settings.influence_words.strip() and settings.influence_steps > 0:
+        wrappers = m.model_options.get("transformer_options", {}).get("wrappers", {}).get("predict_noise", {})
+        if INFLUENCE_KEY not in wrappers:
+            m.add_wrapper_with_key("predict_noise", INFLUENCE_KEY, _influence_wrapper)
     maps.kind = st.spec.kind
     cp.install_override(m, cap.hook)
     return m, maps
+
+
+INFLUENCE_KEY = "attention_focus_influence"
+
+
+def _influence_wrapper(executor, *args, **kwargs):
+    """PREDICT_NOISE: the sampler's evaluation as it is; then each capture's influence passes (never returned)."""
+    out = executor(*args, **kwargs)
+    guider = executor.class_obj
+    st = state_of(guider.model_options.get("transformer_options"))
+    if st is not None:
+        x, timestep = args[0], args[1]
+        model_options = args[2] if len(args) > 2 else kwargs.get("model_options", {})
+        for effect in st.effects:
+            if isinstance(effect, Capture):
+                effect.after_evaluation(st, guider, x, timestep, model_options)
+    return out
 
 
 def _daam_layers(m, family: str, layers: list[LayerKey], layer_spec: str) -> tuple[list[LayerKey], int]:
@@ -124,64 +167,6 @@ def _daam_layers(m, family: str, layers: list[LayerKey], layer_spec: str) -> tup
                                   f"{layer_spec!r} selects none of them ({describe_layers(sorted(layers))})")
     v_pred = "V_PREDICTION" in str(getattr(m.model, "model_type", ""))
     return kept, daam.reference_side(family, v_pred)
-
-
-def _start_history(cap: CaptureRun, capture: Capture, sigmas) -> None:
-    """Plan the run's history within the budget (history.py); a budget too small for one frame: a warning."""
-    settings = capture.settings
-    sig = [float(x) for x in sigmas.reshape(-1)] if isinstance(sigmas, torch.Tensor) else list(sigmas or [])
-    steps = sum(1 for x in sig[:-1] if cap.sigma_lo <= x <= cap.sigma_hi) or 1
-    H, W = cap.latent_hw
-    if capture.maps.kind == "dit":
-        fine = (-(-H // capture.patch), -(-W // capture.patch))
-    else:
-        level = min(k.level for k in capture.order)
-        fine = (H, W)
-        for _ in range(level):
-            fine = (-(-fine[0] // 2), -(-fine[1] // 2))
-    offsets: dict[str, tuple[str, int, torch.Tensor]] = {}
-    tokens: dict[str, int] = {}
-    kept_positions: dict[str, list[int]] = {}
-    for branch in sorted(settings.branches):
-        start = 0
-        for uid, p in sorted(((u, p) for u, p in cap.prompts.items() if p.branch == branch), key=lambda x: x[1].slot):
-            keep = ([r.pos for r in p.tokens.rows if not r.special] if p.tokens is not None
-                    and len(p.tokens) == p.length else list(range(p.length)))
-            offsets[uid] = (branch, tokens.get(branch, 0), torch.tensor(keep, dtype=torch.long))
-            tokens[branch] = tokens.get(branch, 0) + len(keep)
-            kept_positions.setdefault(branch, []).extend(start + x for x in keep)
-            start += p.length
-    budget = int(settings.history_mb * 2**20)
-    plan, why = plan_history(budget, steps, fine, capture.order, settings.history_groups, cap.batch, tokens,
-                             settings.history_stride)
-    if plan is None:
-        log.warning("Attention Focus: no history for this run: %s", why)
-        cap.history_meta = {"error": why}
-        return
-    log.info("Attention Focus %s", plan.describe())
-    cap.history = History(plan, offsets)
-    members: list[list[str]] = [[] for _ in plan.groups]
-    for k in capture.order:
-        members[plan.group_of[k]].append(k.name())
-    cap.history_meta = {"grid": list(plan.grid), "groups": list(plan.groups), "group_layers": members,
-                        "budget_bytes": budget, "schedule": sig, "planned_steps": steps,
-                        "positions": kept_positions}
-
-
-def _history_meta(cap: CaptureRun, branch: str) -> dict:
-    """The history's metadata for one branch (frames, stride, sizes, what was left out)."""
-    h = cap.history
-    meta = {k: v for k, v in cap.history_meta.items() if k != "positions"}
-    meta["tokens"] = cap.history_meta.get("positions", {}).get(branch, [])
-    meta.update({"stride": h.stride, "frames": [list(f) for f in h.frame_labels()], "bytes": h.plan.nbytes(),
-                 "peak_bytes": h.peak_bytes, "evaluations": len(h.sigmas),
-                 "summary": h.plan.describe().replace(f"up to {h.plan.frames} frames",
-                                                      f"{len(h.frame_labels())} frames")})
-    if h.stride != h.plan.stride:
-        meta["summary"] += f" (stride raised to {h.stride}: more evaluations than planned)"
-    if h.skipped:
-        meta["left_out"] = sorted(h.skipped)
-    return meta
 
 
 def _region_of(cap: CaptureRun, uid: str, call_hw: tuple[int, int]) -> tuple[bool, Region | None]:
@@ -228,10 +213,12 @@ def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: 
                           key_len)
             continue
         if info.geom is not None:
-            p = _dit_probs(settings, info, q[rows], k[rows], heads, bhld, m, bias, scale)
+            p, per_frame = _dit_probs(settings, info, q[rows], k[rows], heads, bhld, m, bias, scale)
             cap.store.add(uid, info.layer, p, info.hw, evaluation, merge_as=LayerKey("dit", 0, 0, info.layer.level),
                           region=region)
-            _to_history(cap, uid, region, info, p, evaluation)
+            if per_frame is not None and region is None:
+                cap.store.add_frames(uid, per_frame, info.hw)
+            to_history(cap, uid, region, info, p, evaluation)
             continue
         p = cross_attention_probs(q[rows], k[rows], heads, bhld=bhld, reduce=settings.head_reduction, mask=m,
                                   key_bias=bias)
@@ -240,16 +227,7 @@ def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: 
         length = prompt.length if prompt is not None else key_len
         p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
         cap.store.add(uid, info.layer, p, info.hw, evaluation, region=region)
-        _to_history(cap, uid, region, info, p, evaluation)
-
-
-def _to_history(cap: CaptureRun, uid: str, region: Region | None, info: CallInfo, p, evaluation: int) -> None:
-    if cap.history is None:
-        return
-    if region is not None:
-        cap.history.skipped.add("area prompts (evaluated on a crop of the latent)")
-        return
-    cap.history.add(uid, info.layer, p, info.hw, evaluation, info.sigma)
+        to_history(cap, uid, region, info, p, evaluation)
 
 
 def _daam_capture(cap: CaptureRun, uid: str, prompt: PromptInfo | None, region: Region | None, info: CallInfo, q, k,
@@ -268,11 +246,12 @@ def _daam_capture(cap: CaptureRun, uid: str, prompt: PromptInfo | None, region: 
     p = fold_repeated_keys(p, length) if length and key_len % length == 0 else p
     b, h = p.shape[:2]
     cap.store.add(uid, info.layer, p.reshape(b * h, *p.shape[2:]), info.hw, evaluation, heads=h)
-    _to_history(cap, uid, region, info, p.mean(1), evaluation)
+    to_history(cap, uid, region, info, p.mean(1), evaluation)
 
 
 def _dit_probs(settings: CaptureSettings, info: CallInfo, q, k, heads: int, bhld: bool, mask, bias, scale):
-    """Image-query → prompt-token probabilities of one DiT call, folded onto prompt positions."""
+    """Image-query → prompt-token probabilities of one DiT call, folded onto prompt positions: (B, n, T) — for a
+    video the mean over its frames — and, for a video, the (B, frames, n, T) probabilities of each frame."""
     geom = info.geom
     key_rel, pos = geom.key_map()
     cols = key_rel.to(q.device) + info.key_base
@@ -284,9 +263,10 @@ def _dit_probs(settings: CaptureSettings, info: CallInfo, q, k, heads: int, bhld
     if geom.folds:  # repeated streams (HiDream)
         folded = p.new_zeros(p.shape[0], p.shape[1], geom.prompt_len)
         p = folded.index_add_(2, pos.to(p.device), p)
-    if geom.frames > 1:  # video: mean over frames of each patch
-        p = p.reshape(p.shape[0], geom.frames, -1, p.shape[-1]).mean(1)
-    return p
+    if geom.frames > 1:  # video: mean over frames of each patch, and each frame
+        frames = p.reshape(p.shape[0], geom.frames, -1, p.shape[-1])
+        return frames.mean(1), frames
+    return p, None
 
 
 def finalize(cap: CaptureRun, maps: AttentionMaps, origin) -> MapsRecord:
@@ -332,11 +312,20 @@ def finalize(cap: CaptureRun, maps: AttentionMaps, origin) -> MapsRecord:
             meta["sampler_node"] = origin.real_node_id
             meta["prompt_id"] = origin.prompt_id
         extra = {}
+        frames = [store.frame_maps(u) for u in uids]
+        if frames and all(f is not None for f in frames):
+            extra["frames"] = torch.cat(frames, 2) if len(frames) > 1 else frames[0]
+            meta["frames"] = {"count": int(extra["frames"].shape[1]), "grid": list(extra["frames"].shape[-2:]),
+                              "definition": "per frame: the mean over layers of the summed probabilities, on the "
+                                            "patch grid (not resized, not clamped)"}
         if cap.history is not None and cap.history.result(branch) is not None:
             extra["history"] = cap.history.result(branch)
-            meta["history"] = _history_meta(cap, branch)
+            meta["history"] = history_meta(cap, branch)
         elif cap.history_meta.get("error"):
             meta["history"] = {"error": cap.history_meta["error"]}
+        if branch == "positive" and cap.influence is not None and cap.influence.maps is not None:
+            extra["influence"] = cap.influence.maps
+            meta["influence"] = influence_meta(cap.influence, cap.schedule_steps)
         branches[branch] = MapSet(torch.cat(parts, 1) if len(parts) > 1 else parts[0], table, meta, extra)
     content = fingerprint(torch.cat([ms.maps.reshape(-1) for ms in branches.values()])) if branches else ""
     return MapsRecord(branches, tuple(cap.latent_hw), cap.batch, origin, content)

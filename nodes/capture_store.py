@@ -6,7 +6,8 @@ keeps one fp32 running sum of shape (batch, prompt_tokens, h, w) — the layer's
 
     4 · batch · prompt_tokens · Σ_layers h_l · w_l      (per captured prompt; × 2 with branch "both")
 
-e.g. SD1.5 at 512², 16 layers, 77 tokens: 4·77·(5·64² + 5·32² + 5·16² + 8²) = 8.3 MB per image.
+e.g. SD1.5 at 512², 16 layers, 77 tokens: 4·77·(5·64² + 5·32² + 5·16² + 8²) = 8.3 MB per image. A video
+(frames F > 1) also keeps each frame: + 4 · batch · prompt_tokens · F · h · w (h × w: the patch grid).
 
 Regions: a prompt with an area (ConditioningSetArea…) is evaluated on a crop of the latent; its maps are
 aggregated on that crop and placed at its offset, zero elsewhere, and multiplied by the conditioning's mask
@@ -135,6 +136,7 @@ class CaptureStore:
         self.members: dict[tuple[str, Region | None, LayerKey], set[LayerKey]] = {}
         self.evaluations: dict[str, set[int]] = {}
         self.heads: dict[tuple[str, Region | None, LayerKey], int] = {}  # per-head sums (method DAAM)
+        self.frame_sums: dict[str, torch.Tensor] = {}  # videos: per prompt (B, frames, T, h, w) over all layers
         self.peak_bytes = 0
 
     def add(self, uid: str, layer: LayerKey, probs: torch.Tensor, hw: tuple[int, int], evaluation: int,
@@ -163,8 +165,27 @@ class CaptureStore:
         self.members[key].add(layer)
         self.evaluations.setdefault(uid, set()).add(evaluation)
 
+    def add_frames(self, uid: str, probs: torch.Tensor, hw: tuple[int, int]) -> None:
+        """Videos: add one layer call's (B, frames, h·w, tokens) probabilities to the prompt's per-frame sum."""
+        b, f, n, t = probs.shape
+        grid = probs.transpose(2, 3).reshape(b, f, t, *hw)
+        cur = self.frame_sums.get(uid)
+        if cur is None or cur.shape != grid.shape:
+            self.frame_sums[uid] = grid.clone()
+            self.peak_bytes = max(self.peak_bytes, self.nbytes())
+        else:
+            cur.add_(grid)
+
+    def frame_maps(self, uid: str) -> torch.Tensor | None:
+        """A video prompt's per-frame maps (B, frames, T, h, w): the per-frame sums divided by the layers summed."""
+        cur = self.frame_sums.get(uid)
+        if cur is None:
+            return None
+        layers = sum(len(ms) for k, ms in self.members.items() if k[0] == uid and k[1] is None)
+        return cur / max(1, layers)
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.sums.values())
+        return sum(t.numel() * t.element_size() for t in (*self.sums.values(), *self.frame_sums.values()))
 
     def uids(self) -> list[str]:
         return list(dict.fromkeys(k[0] for k in self.sums))

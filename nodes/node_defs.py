@@ -8,13 +8,14 @@ import os
 from typing import Any
 
 from .capture import add_capture
-from .capture_store import AttentionMaps, select_words
+from .capture_store import AttentionMaps
+from .maps_words import word_groups, word_maps
 from .cond_tokens import register
 from .errors import AttentionFocusError
 from .hook_state import TOKENS_KEY
 from .maps_file import MapsFileError, list_maps_files, load_maps_file, maps_from_file, safe_output_path, save_maps
 from .node_common import ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, labels_for, mapset_for, preview
-from .render import COLORMAPS, render_heatmaps
+from .render import COLORMAPS, render_heatmaps, video_word_maps
 from .reweight import add_reweight
 from .segmentation import MASK_MODES, threshold_masks
 from .text_layout import context_tokens
@@ -106,6 +107,16 @@ class AttentionFocusCapture:
             "history_layers": (["each layer", "each block", "each level"], {"default": "each layer", "tooltip":
                                "History layer groups: each layer ('input 4', 'output 5.1', 'double 3', "
                                "'single 12'), each block (depths merged), or each resolution level (less memory)."}),
+            "influence_words": ("STRING", {"default": "", "multiline": False, "tooltip":
+                                "Words of the positive prompt whose influence to measure ('cat, red hat'); empty = "
+                                "off. At each chosen step the positive prompt is evaluated once more as it is and "
+                                "once per word with that word's value rows zeroed (its keys kept, so attention is "
+                                "not redistributed); the influence is the size of the change in the prediction. "
+                                "Cost: (1 + words) × influence_steps extra model calls of the positive prompt "
+                                "alone. The image and the attention maps are unchanged."}),
+            "influence_steps": ("INT", {"default": 3, "min": 0, "max": 1000, "tooltip":
+                                "At how many steps (evenly spread over the step window, first and last included) "
+                                "influence is measured; bounds the cost."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
@@ -119,14 +130,16 @@ class AttentionFocusCapture:
 
     def patch(self, model, layers: str, branch: str, start_percent: float, end_percent: float,
               head_reduction: str, dit_softmax: str = "all keys", method: str = "fast", history_mb: float = 0.0,
-              history_stride: int = 1, history_layers: str = "each layer", unique_id: str | None = None):
+              history_stride: int = 1, history_layers: str = "each layer", influence_words: str = "",
+              influence_steps: int = 3, unique_id: str | None = None):
         softmax = {"all keys": "all", "text keys": "text"}.get(dit_softmax)
         if softmax is None:
             raise AttentionFocusError(f"dit_softmax must be 'all keys' or 'text keys', not {dit_softmax!r}")
         return add_capture(model, layers, branch, start_percent, end_percent, head_reduction, softmax,
                            node_id=str(unique_id) if unique_id is not None else "", method=str(method).lower(),
                            history_mb=float(history_mb), history_stride=int(history_stride),
-                           history_groups=str(history_layers).replace("each ", ""))
+                           history_groups=str(history_layers).replace("each ", ""),
+                           influence_words=str(influence_words or ""), influence_steps=int(influence_steps))
 
 
 class AttentionFocusHeatmap:
@@ -165,22 +178,27 @@ class AttentionFocusHeatmap:
                               "map ≥ mask_threshold) or otsu (binary, each mask at its own Otsu threshold)."}),
                 "mask_threshold": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                    "Threshold of mask_mode 'threshold', on the normalised map."}),
+                "video_frames": (["each frame", "mean"], {"default": "each frame", "tooltip":
+                                 "Video models (Wan): each frame = one overlay per decoded frame, from the maps of "
+                                 "its latent frame (the outputs are then frame by frame: an IMAGE batch a video "
+                                 "node can save); mean = the mean over frames, on every frame."}),
             },
             "hidden": PROVENANCE,
         }
 
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
     RETURN_NAMES = ("overlays", "grid", "masks")
-    OUTPUT_TOOLTIPS = ("One captioned overlay per image and word.",
-                       "Per image: the picture and every word's overlay in one grid.",
-                       "One soft mask per image and word, at image size, values 0..1.")
+    OUTPUT_TOOLTIPS = ("One captioned overlay per image (video: per frame) and word.",
+                       "Per image (video: per frame): the picture and every word's overlay in one grid.",
+                       "One mask per image (video: per frame) and word, at image size: soft 0..1 or binary "
+                       "(mask_mode).")
     FUNCTION = "render"
     CATEGORY = CATEGORY
     DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
 
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
                branch: str, text: str = "", clip=None, text_stream: str = "all", mask_mode: str = "soft",
-               mask_threshold: float = 0.5, dynprompt=None, unique_id=None):
+               mask_threshold: float = 0.5, video_frames: str = "each frame", dynprompt=None, unique_id=None):
         if not isinstance(opacity, (int, float)) or not math.isfinite(opacity) or not 0.0 <= opacity <= 1.0:
             raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {opacity!r}")
         ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
@@ -192,8 +210,11 @@ class AttentionFocusHeatmap:
                     f"text_stream {text_stream.strip()!r} is not in these maps' prompt; it has "
                     f"{', '.join(streams) or 'a single unnamed stream'}. Use 'all' or one of them")
             table = restrict_streams(table, text_stream.strip())
-        names, wm = select_words(ms, table, words)
+        names, groups = word_groups(ms, table, words)
+        wm = word_maps(ms.maps.float(), groups)
         check_image(ms, image)
+        if "frames" in ms.extra:  # a video: one picture per decoded frame
+            wm = video_word_maps(wm, ms.extra["frames"], groups, image.shape[0], video_frames == "each frame")
         overlays, grid, masks = render_heatmaps(wm, image, names, colormap, opacity, normalization)
         if mask_mode not in MASK_MODES:
             raise AttentionFocusError(f"mask_mode must be one of {', '.join(MASK_MODES)}, not {mask_mode!r}")

@@ -183,3 +183,46 @@ def render_heatmaps(word_maps: torch.Tensor, image: torch.Tensor, names: list[st
             tiles.append(o)
         grids.append(make_grid(torch.stack(tiles)))
     return torch.stack(overlays), torch.stack(grids), norm.clamp(0, 1)
+
+
+def decoded_to_latent_frames(decoded: int, latent: int) -> list[int]:
+    """The latent frame of each decoded video frame: 1:1 when the counts agree; with a causal video VAE that
+    decodes the first latent frame to one frame and each other to r frames (Wan: r = 4, decoded = 1 + 4·(latent −
+    1)), frame i comes from latent ⌈i / r⌉; otherwise the nearest in time."""
+    if decoded == latent or latent <= 1:
+        return [min(i, latent - 1) for i in range(decoded)]
+    if (decoded - 1) % (latent - 1) == 0:
+        r = (decoded - 1) // (latent - 1)
+        return [-(-i // r) for i in range(decoded)]
+    return [round(i * (latent - 1) / max(1, decoded - 1)) for i in range(decoded)]
+
+
+def video_word_maps(mean: torch.Tensor, frames: torch.Tensor, groups: list[tuple[int, ...]], n_images: int,
+                    each_frame: bool) -> torch.Tensor:
+    """Word maps for the decoded frames of B videos: (n_images, W, h, w), video-major.
+
+    ``mean``: (B, W, H, W') the mean over frames; ``frames``: (B, F, T, h, w) per-frame token maps on the patch
+    grid, upsampled to the latent grid as the mean was (bicubic by the patch size, cropped, clamped ≥ 0);
+    ``n_images``: decoded frames of all videos (a multiple of B). ``each_frame`` False: the mean on every frame.
+    """
+    b = mean.shape[0]
+    if n_images % b:
+        raise ValueError(f"the IMAGE batch has {n_images} frames, not a multiple of the {b} captured video(s): connect "
+                         "the frames decoded from the same sampler")
+    per = n_images // b
+    if not each_frame:
+        return mean.repeat_interleave(per, 0)
+    f, t = frames.shape[1], frames.shape[2]
+    idx = torch.tensor(decoded_to_latent_frames(per, f), dtype=torch.long, device=frames.device)
+    out = []
+    for g in groups:
+        pos = torch.tensor([p for p in g if p < t], dtype=torch.long, device=frames.device)
+        out.append(frames.index_select(2, pos).mean(2))  # (B, F, h, w)
+    words = torch.stack(out, 2).index_select(1, idx)  # (B, per, W, h, w)
+    from .capture_store import upsample_to_latent
+    from .layer_spec import level_of
+
+    H, W = mean.shape[-2:]
+    h = frames.shape[-2]
+    grid = words.reshape(b * per, len(groups), h, frames.shape[-1])
+    return upsample_to_latent(grid, level_of(h, H), (H, W))  # the patch grid placed on the latent grid, as the mean
