@@ -59,7 +59,7 @@ def check_image(ms: MapSet, image) -> None:
         raise AttentionFocusError(
             f"image: the maps were captured on a {lw}x{lh} latent (a {lw * 8}x{lh * 8} image) but the image is "
             f"{iw}x{ih}: connect the image decoded from the same sampler")
-    if "frames" in ms.extra and ib % b == 0:
+    if "frames" in ms.extra and ib >= b and ib % b == 0:
         return  # a video: the decoded frames of each captured video
     if ib != b:
         raise AttentionFocusError(f"image: the maps hold {b} image(s) but the IMAGE input has {ib}: connect the "

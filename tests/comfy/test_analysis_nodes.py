@@ -129,3 +129,64 @@ def test_compare_node_differences_on_one_scale(runs):
     from attention_focus.nodes.segmentation import diverging
 
     torch.testing.assert_close(tiles[:, 100, 100], diverging(up[:, 100, 100] / scale), atol=1e-5, rtol=1e-5)
+
+
+def test_influence_node_pairs_attention_and_influence(comfy):
+    from harness import fixtures
+    from harness import pack as cp
+
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos, neg = fixtures.random_conditioning("sd15", seed=1), fixtures.random_conditioning("sd15", seed=2)
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", influence_words="#2, #4-5", influence_steps=2)
+    fixtures.sample(m, pos, neg, torch.zeros(1, 4, 8, 8), seed=1, steps=3, cfg=5.0)
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    node = _node(comfy, "AttentionFocusInfluence")
+    pairs, grid = node.render(maps, image, "", "turbo", 0.6, "per word")["result"]
+    assert pairs.shape == (2, 64 + 2 * 2, 2 * 64 + 3 * 2, 3) and grid.shape[0] == 1
+    one, _ = node.render(maps, image, "#4-5", "turbo", 0.6, "per word")["result"]
+    assert torch.equal(one[0], pairs[1])
+    with pytest.raises(ValueError, match="had no influence measured"):
+        node.render(maps, image, "#7", "turbo", 0.6, "per word")
+
+
+def test_new_nodes_in_a_real_graph(comfy):
+    """The capture's new inputs and the analysis nodes validate and run in ComfyUI's executor (stock loader,
+    real CLIP, KSampler, VAE decode), with method DAAM on a non-square image."""
+    from harness import fixtures
+    from harness.comfy_boot import Session
+    from harness.graphs import base
+
+    ckpt = fixtures.install_checkpoint(comfy)
+    g = base(ckpt, capture={"method": "DAAM", "history_mb": 16.0, "history_stride": 1,
+                            "history_layers": "each block", "influence_words": "cat, hat", "influence_steps": 2})
+    g.update({
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0], "seed": 1,
+            "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "AttentionFocusHistory", "inputs": {
+            "attention_maps": ["4", 1], "image": ["7", 0], "words": "cat, hat", "colormap": "turbo", "opacity": 0.6,
+            "normalization": "shared", "frames": "per step", "branch": "positive", "fps": 4.0, "save_webp": True,
+            "filename_prefix": "g/timelapse"}},
+        "9": {"class_type": "AttentionFocusSegment", "inputs": {
+            "attention_maps": ["4", 1], "image": ["7", 0], "words": "cat, hat", "background_threshold": 0.3,
+            "normalization": "per word", "opacity": 0.5, "branch": "positive"}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "g/labels"}},
+        "11": {"class_type": "AttentionFocusInfluence", "inputs": {
+            "attention_maps": ["4", 1], "image": ["7", 0], "words": "", "colormap": "turbo", "opacity": 0.6,
+            "normalization": "per word"}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 1], "filename_prefix": "g/influence"}},
+        "13": {"class_type": "AttentionFocusHeatmap", "inputs": {
+            "attention_maps": ["4", 1], "image": ["7", 0], "words": "cat", "colormap": "turbo", "opacity": 0.6,
+            "normalization": "per word", "branch": "positive", "mask_mode": "otsu"}},
+        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 1], "filename_prefix": "g/heat"}},
+        "15": {"class_type": "AttentionFocusCompare", "inputs": {
+            "attention_maps_a": ["4", 1], "image_a": ["7", 0], "attention_maps_b": ["4", 1], "image_b": ["7", 0],
+            "words": "cat", "opacity": 0.6, "branch": "positive"}},
+        "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 1], "filename_prefix": "g/compare"}},
+    })
+    res = Session().run(g)
+    out = res["outputs"]
+    assert out["8"]["animated"] == [True] and out["8"]["text"][0].startswith("history: ")
+    for node in ("10", "12", "14", "16"):
+        assert out[node]["images"], node

@@ -140,7 +140,8 @@ def test_flux_influence_neutralises_the_joint_attention(comfy):
     def joint(q, k, bhld):  # every Flux attention call: [text, image] for all queries
         return (k.shape[2] if bhld else k.shape[1]) == n_text + n_img
     for j, cols in enumerate(([3], [5, 6])):
-        torch.testing.assert_close(inf[:, j], _explicit(rec.seen, meta["sigmas"], cols, joint, mp), rtol=1e-5, atol=1e-6)
+        exp = _explicit(rec.seen, meta["sigmas"], cols, joint, mp)
+        torch.testing.assert_close(inf[:, j], exp, rtol=1e-5, atol=1e-6)
 
 
 def test_influence_words_must_be_in_the_prompt(comfy, labelled):
