@@ -249,9 +249,9 @@ class AttentionFocusInfluence:
         inf = F.interpolate(inf, size=tuple(att.shape[-2:]), mode="bilinear", align_corners=False) \
             if inf.shape[-2:] != att.shape[-2:] else inf
         steps = ", ".join(map(str, meta.get("steps", [])))
-        a_tiles = render_heatmaps(att, image, [f"{n} · attention" for n in names], colormap, opacity,
+        a_tiles = render_heatmaps(att, image, [f"{n}: attention" for n in names], colormap, opacity,
                                   normalization)[0]
-        i_tiles = render_heatmaps(inf, image, [f"{n} · influence (steps {steps})" for n in names], colormap, opacity,
+        i_tiles = render_heatmaps(inf, image, [f"{n}: influence (steps {steps})" for n in names], colormap, opacity,
                                   normalization)[0]
         b, n = att.shape[:2]
         pairs, grids = [], []

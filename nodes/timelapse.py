@@ -32,7 +32,8 @@ def history_word_maps(hist: torch.Tensor, kept: list[int], groups: list[tuple[in
 
 
 def step_caption(label: list, schedule: list[float]) -> str:
-    """'step 3/20 · σ 4.21' (or 'steps 3–4/20 · σ 4.21–3.10') for a frame (first, last, σ first, σ last)."""
+    """'step 3/20, sigma 4.21' (or 'steps 3-4/20, sigma 4.21-3.1') for a frame (first, last, σ first, σ last); ASCII,
+    so every font draws it."""
     first, last, s0, s1 = int(label[0]), int(label[1]), float(label[2]), float(label[3])
     n = max(1, len(schedule) - 1)
 
@@ -47,8 +48,8 @@ def step_caption(label: list, schedule: list[float]) -> str:
         steps = f"step {a}/{n}"
     else:
         steps = f"steps {a}-{b}/{n}"
-    sig = f"σ {s0:.3g}" if first == last else f"σ {s0:.3g}-{s1:.3g}"
-    return f"{steps} · {sig}"
+    sig = f"sigma {s0:.3g}" if first == last else f"sigma {s0:.3g}-{s1:.3g}"
+    return f"{steps}, {sig}"
 
 
 def frame_values(word_hist: torch.Tensor, labels: list, layers: int, cumulative: bool) -> torch.Tensor:
@@ -97,7 +98,7 @@ def layer_values(word_hist: torch.Tensor, members: list[int], evaluations: int) 
 
 def render_layer_grid(values: torch.Tensor, image: torch.Tensor, names: list[str], groups: list[str], colormap: str,
                       opacity: float, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """One grid per image and word (B·W, …): a tile per layer group captioned '<word> · <group>', on one scale
+    """One grid per image and word (B·W, …): a tile per layer group captioned '<word>: <group>', on one scale
     per word (so the groups compare)."""
     g, b, n, h, w = values.shape
     ih, iw = image.shape[1], image.shape[2]
@@ -107,7 +108,7 @@ def render_layer_grid(values: torch.Tensor, image: torch.Tensor, names: list[str
         for j in range(n):
             big = resize_maps(values[:, i, j].float().cpu(), (ih, iw))
             norm = normalize_maps(big, "shared")
-            tiles = [draw_caption(overlay(img[i], norm[k], colormap, opacity), f"{names[j]} · {groups[k]}")
+            tiles = [draw_caption(overlay(img[i], norm[k], colormap, opacity), f"{names[j]}: {groups[k]}")
                      for k in range(g)]
             out.append(make_grid(torch.stack(tiles)))
             if progress is not None:

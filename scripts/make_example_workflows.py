@@ -35,6 +35,8 @@ OUTPUTS = {
     "VAELoader": [("VAE", "VAE")],
     "EmptySD3LatentImage": [("LATENT", "LATENT")],
     "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
+    "AttentionFocusHistory": [("timelapse", "IMAGE"), ("layer_grid", "IMAGE"), ("summary", "STRING")],
+    "AttentionFocusSegment": [("label_image", "IMAGE"), ("masks", "MASK")],
 }
 INPUTS = {
     "AttentionFocusTextEncode": [("clip", "CLIP")],
@@ -52,7 +54,13 @@ INPUTS = {
     "ImageBatch": [("image1", "IMAGE"), ("image2", "IMAGE")],
     "DualCLIPLoader": [],
     "FluxGuidance": [("conditioning", "CONDITIONING")],
+    "AttentionFocusHistory": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
+    "AttentionFocusSegment": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
 }
+# widget values of the capture node after its first six: method, history_mb, history_stride, history_layers,
+# influence_words, influence_steps (defaults: fast, no history, no influence)
+CAPTURE_DEFAULTS = ["fast", 0.0, 1, "each layer", "", 3]
+HEATMAP_DEFAULTS = ["soft", 0.5, "each frame"]  # mask_mode, mask_threshold, video_frames
 
 
 class Graph:
@@ -109,13 +117,14 @@ def prompts(g: Graph) -> tuple[int, int, int, int]:
 
 
 def captured_sampling(g: Graph, ids: tuple[int, int, int, int], model: tuple[int, int], y: int, title: str,
-                      heatmap: list) -> tuple[int, int, int]:
+                      heatmap: list, capture: list = CAPTURE_DEFAULTS) -> tuple[int, int, int]:
     """Capture → KSampler → VAE Decode → Heatmap on ``model``; returns (capture, decode, heatmap) ids."""
     ck, pos, neg, lat = ids
-    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, y), title)
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys", *capture], (720, y),
+                title)
     ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (1080, y))
     dec = g.add("VAEDecode", [], (1440, y))
-    hm = g.add("AttentionFocusHeatmap", heatmap, (1440, y + 150))
+    hm = g.add("AttentionFocusHeatmap", [*heatmap, *HEATMAP_DEFAULTS[len(heatmap) - 6:]], (1440, y + 150))
     g.link(*model, cap, "model")
     g.link(cap, 0, ks, "model")
     g.link(pos, 0, ks, "positive")
@@ -184,11 +193,12 @@ def flux() -> Graph:
     lat = g.add("EmptySD3LatentImage", [1024, 1024, 1], (350, 640))
     rw = g.add("AttentionFocusReweight", ["red wizard hat:1.5", "scale", "all", "positive", 0.0, 0.6],
                (720, 0), "Reweight: more hat in the first 60 % of steps")
-    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, 300))
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys", *CAPTURE_DEFAULTS],
+                (720, 300))
     ks = g.add("KSampler", [42, "fixed", 20, 1.0, "euler", "simple", 1.0], (1080, 0))
     dec = g.add("VAEDecode", [], (1440, 0))
     hm = g.add("AttentionFocusHeatmap", ["cat, red wizard hat, sunset", "turbo", 0.6, "per word", "positive",
-                                         "all"], (1440, 150))
+                                         "all", *HEATMAP_DEFAULTS], (1440, 150))
     save = g.add("SaveImage", ["attention_focus/flux_image"], (1800, 0))
     save_grid = g.add("SaveImage", ["attention_focus/flux_heatmap_grid"], (1800, 300), "Heat-map grid")
     save_maps = g.add("AttentionFocusSaveMaps", ["attention_focus/flux_maps", "positive"], (1080, 500))
@@ -212,8 +222,36 @@ def flux() -> Graph:
     return g
 
 
+def history_segmentation() -> Graph:
+    """Capture with a 256 MB history: a timelapse (animated WebP) and a per-layer grid of two words, a label map
+    of three words with its masks, and the heat-map masks at each word's Otsu threshold."""
+    g = Graph()
+    ids = prompts(g)
+    heatmap = ["cat, red wizard hat, sunset", "turbo", 0.6, "per word", "positive", "all", "otsu", 0.5,
+               "each frame"]
+    cap, dec, hm = captured_sampling(g, ids, (ids[0], 0), 0, "Capture with history (256 MB)", heatmap,
+                                     ["fast", 256.0, 1, "each layer", "", 3])
+    hist = g.add("AttentionFocusHistory", ["cat, red wizard hat", "turbo", 0.6, "shared", "per step", "positive", 4.0,
+                                           True, "attention_focus/timelapse"], (1800, 0), "Timelapse and layers")
+    seg = g.add("AttentionFocusSegment", ["cat, red wizard hat, sunset", 0.3, "per word", 0.5, "positive"],
+                (1800, 450), "Label map")
+    s_layers = g.add("SaveImage", ["attention_focus/layer_grid"], (2150, 0), "Per-layer grid")
+    s_labels = g.add("SaveImage", ["attention_focus/label_map"], (2150, 450), "Label map")
+    mask_img = g.add("MaskToImage", [], (2150, 800))
+    s_masks = g.add("SaveImage", ["attention_focus/otsu_masks"], (2500, 800), "Otsu masks")
+    for node in (hist, seg):
+        g.link(cap, 1, node, "attention_maps")
+        g.link(dec, 0, node, "image")
+    g.link(hist, 1, s_layers, "images")
+    g.link(seg, 0, s_labels, "images")
+    g.link(hm, 2, mask_img, "mask")
+    g.link(mask_img, 0, s_masks, "images")
+    return g
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
+    history_segmentation().dump(OUT / "attention_focus_history_segmentation.json")
     heatmaps().dump(OUT / "attention_focus_heatmaps.json")
     reweight().dump(OUT / "attention_focus_reweight.json")
     flux().dump(OUT / "attention_focus_flux.json")

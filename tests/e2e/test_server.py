@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 NODES = ["AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHeatmap", "AttentionFocusSaveMaps",
-         "AttentionFocusLoadMaps", "AttentionFocusReweight"]
+         "AttentionFocusLoadMaps", "AttentionFocusReweight", "AttentionFocusHistory", "AttentionFocusSegment",
+         "AttentionFocusCompare", "AttentionFocusInfluence"]
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,22 @@ def test_reweight_example_workflow_side_by_side(server):
     assert len(imgs) == 2 and len(grids) == 2
     a, b = (np.asarray(Image.open(p)) for p in imgs)
     assert a.shape == b.shape and not np.array_equal(a, b), "reweighting must change the image"
+
+
+def test_history_and_segmentation_example_workflow(server):
+    """The bundled history + segmentation workflow over HTTP: animated timelapse, per-layer grid, label map and
+    Otsu masks are written."""
+    from PIL import Image
+
+    prompt = example_prompt(server, "attention_focus_history_segmentation.json", 64, 64, 3)
+    hist = server.wait(server.queue(prompt))
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    out = server.base / "output"
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    webp = [f for f in files if f.startswith("attention_focus/timelapse_") and f.endswith(".webp")]
+    assert len(webp) == 1, files
+    assert Image.open(out / webp[0]).n_frames == 3  # one frame per step
+    assert len([f for f in files if f.startswith("attention_focus/layer_grid_")]) == 2  # two words
+    assert len([f for f in files if f.startswith("attention_focus/label_map_")]) == 1
+    masks = [f for f in files if f.startswith("attention_focus/otsu_masks_")]
+    assert len(masks) == 3 and all(set(Image.open(out / m).convert("L").getdata()) <= {0, 255} for m in masks)

@@ -78,5 +78,5 @@ def test_timelapse_values_and_captions():
     with pytest.raises(ValueError, match="not in the history"):
         history_word_maps(hist, [1, 2, 5, 6], [(0,)])
     schedule = [14.6, 7.0, 3.2, 0.0]
-    assert step_caption(labels[0], schedule) == "step 1/3 · σ 14.6"
-    assert step_caption(labels[1], schedule) == "steps 2-3/3 · σ 7-3.2"
+    assert step_caption(labels[0], schedule) == "step 1/3, sigma 14.6"
+    assert step_caption(labels[1], schedule) == "steps 2-3/3, sigma 7-3.2"
