@@ -117,8 +117,8 @@ class AttentionFocusCapture:
                            node_id=str(unique_id) if unique_id is not None else "")
 
 
-def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
-    """The maps of ``branch`` from the run that made this node's ``image`` (see provenance)."""
+def _mapset(maps, branch: str, dynprompt, unique_id, input_name: str = "image") -> MapSet:
+    """The maps of ``branch`` from the run that made this node's ``input_name`` image (see provenance)."""
     if not isinstance(maps, AttentionMaps):
         raise AttentionFocusError("attention_maps must come from Attention Focus Capture or Load Maps")
     if maps.loaded is not None:
@@ -132,7 +132,7 @@ def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
             return f"node {node_id}"
 
     graph = dynprompt if unique_id is not None else None
-    record = record_for_image(maps.node_id, maps.latest, graph, str(unique_id), "image", prompt_id, list_index,
+    record = record_for_image(maps.node_id, maps.latest, graph, str(unique_id), input_name, prompt_id, list_index,
                               describe=describe)
     return record.result(branch)
 
