@@ -203,6 +203,7 @@ class AttentionFocusHeatmap:
 
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
     RETURN_NAMES = ("overlays", "grid", "masks")
+    OUTPUT_NODE = True  # it shows the viewer: it runs even when nothing uses its outputs (like Preview Image)
     OUTPUT_TOOLTIPS = ("One captioned overlay per image and word.",
                        "Per image: the picture and every word's overlay in one grid.",
                        "One soft mask per image and word, at image size, values 0..1.")

@@ -13,8 +13,9 @@ import { Viewer, loadImages } from "./lib/viewer.js";
 
 const NODE_TYPES = new Set([
   "AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHeatmap",
-  "AttentionFocusSaveMaps", "AttentionFocusLoadMaps", "AttentionFocusReweight",
+  "AttentionFocusSaveMaps", "AttentionFocusLoadMaps", "AttentionFocusReweight", "AttentionFocusCompare",
 ]);
+const VIEWER_NODES = new Set(["AttentionFocusHeatmap", "AttentionFocusCompare"]);
 const COLOR = "#2a3b4d";
 const BGCOLOR = "#1f2c3a";
 const VIEWER_WIDTH = 440;
@@ -85,7 +86,8 @@ function ensureViewer(node) {
 }
 
 async function showHeatmap(node, message) {
-  const record = message?.attention_focus_view?.[0];
+  const [record, other] = message?.attention_focus_view ?? [];
+  const labels = message?.attention_focus_labels ?? [];
   const grid = message?.attention_focus_grid;
   if (!record) return;
   node.__afViewId = record.id;
@@ -98,8 +100,10 @@ async function showHeatmap(node, message) {
   try {
     const { viewer } = ensureViewer(node);
     const { view, images } = await loadView(record.id);
+    // the Compare node sends both runs: show them side by side at once
+    const compare = other ? { key: other.id, label: labels[1] ?? "B", ...(await loadView(other.id)) } : undefined;
     if (node.__afViewId !== record.id) return; // a newer run arrived meanwhile
-    viewer.show(view, images);
+    viewer.show(view, images, { label: labels[0] ?? null, compare });
     fit(node);
   } catch (err) {
     console.warn("[attention_focus] viewer unavailable, showing the static grid:", err);
@@ -190,8 +194,8 @@ app.registerExtension({
       return r;
     };
     const onExecuted = nodeType.prototype.onExecuted;
-    if (nodeData.name === "AttentionFocusHeatmap") {
-      dropSurplusValues(nodeType);
+    if (VIEWER_NODES.has(nodeData.name)) {
+      if (nodeData.name === "AttentionFocusHeatmap") dropSurplusValues(nodeType);
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
         showHeatmap(this, message);

@@ -178,11 +178,17 @@ def test_viewer_appears_after_run_and_answers_clicks_and_hover(ui):
     page.wait_for_function(f"""app.graph.getNodeById({lm}).widgets.find(w => w.name === 'file')
         .options.values.includes({json.dumps(f"{saved['subfolder']}/{saved['filename']}")})""", timeout=10000)
 
-    if ver == CURRENT:  # the README's picture: the viewer after a click
-        ed.focus(hm)
-        page.click(".af-chip >> text='photo'")
+    if ver == CURRENT:  # the README's picture: the node with its viewer, a word clicked, a pixel hovered
+        ed.focus(hm, y=60)
+        page.select_option(".af-scale", "per word")
+        page.fill(".af-opacity", "0.6")
+        page.dispatch_event(".af-opacity", "input")
+        for word in ("photo", "sunset"):
+            page.click(f".af-chip >> text='{word}'")
+        box = page.locator(".af-canvas").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.45)
         page.wait_for_timeout(300)
-        size = write_png(DOCS_PICTURE, page.locator(".af-viewer").screenshot())
+        size = write_png(DOCS_PICTURE, page.screenshot(clip=ed.node_rect(hm)))
         assert size < 300 * 1024
     assert not ed.pack_errors(), ed.pack_errors()
     ed.close()
@@ -193,7 +199,7 @@ def test_compare_two_runs_on_one_scale(ui):
     ver, srv, browser = ui
     ed = Editor(browser, srv)
     page = ed.page
-    ed.load(example(srv, "attention_focus_reweight.json", size=(64, 64), seed=202), 10)
+    ed.load(example(srv, "attention_focus_reweight.json", size=(64, 64), seed=202), 12)
     hist = ed.run()
     assert hist["status"]["status_str"] == "success", hist["status"]
     plain, reweighted = ed.nodes("AttentionFocusHeatmap")
@@ -218,5 +224,13 @@ def test_compare_two_runs_on_one_scale(ui):
     assert float(bar.get_attribute("data-hi")) == pytest.approx(max(ha["hi"][0][ia], hb["hi"][0][ib]), rel=1e-5)
     assert float(bar.get_attribute("data-lo")) == pytest.approx(min(ha["lo"][0][ia], hb["lo"][0][ib]), rel=1e-5)
     assert "both runs" in bar.text_content()
+
+    # the Compare node's own viewer shows both runs at once, captioned with their weights
+    cmp_ = ed.nodes("AttentionFocusCompare")[0]
+    ed.focus(cmp_)
+    both = page.locator(f".af-viewer[data-node='{cmp_}']")
+    both.locator(".af-stage.af-two canvas").first.wait_for(state="visible", timeout=30000)
+    captions = both.locator("figcaption").all_text_contents()
+    assert captions == ["no reweighting", "reweighted: red wizard hat:2.0, cat:0.5"]
     assert not ed.pack_errors(), ed.pack_errors()
     ed.close()

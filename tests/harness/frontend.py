@@ -125,6 +125,15 @@ class Editor:
             c.setDirty(true, true); }""", [node_id, x, y])
         self.page.wait_for_timeout(400)
 
+    def node_rect(self, node_id: int, title: int = 32) -> dict:
+        """The node's box on the page (title bar included), for screenshots."""
+        return self.page.evaluate("""([id, title]) => {
+            const n = app.graph.getNodeById(id); const c = app.canvas; const s = c.ds.scale;
+            const r = c.canvas.getBoundingClientRect();
+            return {x: r.left + (n.pos[0] + c.ds.offset[0]) * s - 2,
+                    y: r.top + (n.pos[1] - title + c.ds.offset[1]) * s - 2,
+                    width: n.size[0] * s + 4, height: (n.size[1] + title) * s + 4}; }""", [node_id, title])
+
     def close(self) -> None:
         self.page.close()
 

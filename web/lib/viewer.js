@@ -42,18 +42,26 @@ export class Viewer {
     this.compare = null;
   }
 
-  // show a view (View) and its pictures (HTMLImageElement per image of the batch)
-  show(view, images) {
+  // show a view (View) and its pictures (HTMLImageElement per image of the batch); `label` names this run
+  // and `compare` ({key, label, view, images}) puts another run beside it (the Compare node's two runs)
+  show(view, images, { label = null, compare = undefined } = {}) {
     const first = view.words.findIndex((w) => w.selected);
     this.view = view;
     this.images = images;
+    this.label = label;
     this.b = 0;
     this.sel = new Set([first >= 0 ? first : 0].filter((i) => i < view.words.length));
     this.mode = view.h.normalization === "shared" ? "shared" : "per word";
     this.opacity = view.h.opacity ?? 0.6;
     this.frame = null;
+    if (compare !== undefined) this.compare = compare;
     if (this.compare && this.compare.key === view.h.id) this.compare = null;
     this.build();
+    if (this.compare) {
+      const known = [...this.compareSelect.options].some((o) => o.value === this.compare.key);
+      if (!known) this.compareSelect.append(el("option", { value: this.compare.key }, this.compare.label));
+      this.compareSelect.value = this.compare.key;
+    }
     this.render();
   }
 
@@ -117,6 +125,7 @@ export class Viewer {
   }
 
   async pickCompare(key) {
+    if (this.compare?.key === key) return;
     const src = (this._sources || []).find((x) => x.key === key);
     this.compare = src ? { key, label: src.label, ...(await src.load()) } : null;
     this.render();
@@ -170,7 +179,8 @@ export class Viewer {
 
   // panes: [{label, view, images, b, sel (word indices of that view)}]
   panes() {
-    const a = { label: this.compare ? "this run" : null, view: this.view, images: this.images, b: this.b, sel: [...this.sel] };
+    const a = { label: this.compare ? (this.label ?? "this run") : null, view: this.view, images: this.images, b: this.b,
+      sel: [...this.sel] };
     if (!this.compare) return [a];
     const cv = this.compare.view;
     const sel = a.sel.map((i) => cv.indexOf(this.view.words[i].text)).filter((j) => j >= 0);
