@@ -36,7 +36,7 @@ from .maps_file import FORMAT as MAPS_FORMAT
 from .maps_file import META_KEY as MAPS_META_KEY
 from .maps_file import VERSION as MAPS_VERSION
 from .render import COLORMAPS
-from .token_table import TokenTable, normalize_text, resolve
+from .token_table import TokenTable, resolve
 from .word_choice import is_function_word
 
 FORMAT = "attention-focus-view"
@@ -199,7 +199,3 @@ def read_view(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     with safe_open(str(path), framework="pt") as f:
         header = json.loads((f.metadata() or {})[META_KEY])
         return {k: f.get_tensor(k) for k in f.keys()}, header
-
-
-def same_word(a: str, b: str) -> bool:
-    return normalize_text(a) == normalize_text(b)

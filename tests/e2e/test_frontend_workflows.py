@@ -4,18 +4,22 @@
   again unchanged: the viewer's widgets are never saved into the workflow (they used to be, and the front
   end's widget-value migration shifted the word list into ``text_stream``).
 - Workflows saved by the old version (7 values) are repaired on load.
-- A view with per-step / per-layer frames shows a step scrubber and a layer picker that change the overlay.
+- A view with per-step / per-layer frames shows a step scrubber and a layer picker that change the overlay;
+  maps with several text streams get buttons that fill ``text_stream``.
+- The Flux example makes the editor offer the download of its four model files.
 - Without DOM widgets (an older or stripped front end) the node draws today's static grid and its words.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 from harness.frontend import Editor, example, pixels, shot
 
+REPO = Path(__file__).resolve().parents[2]
 HEATMAP_VALUES = 6  # words, colormap, opacity, normalization, branch, text_stream
 
 
@@ -104,7 +108,7 @@ def _synthetic_view(srv, frames: bool) -> dict:
         fr = {"steps": Frames(["1", "2", "3"], steps), "layers": Frames(["input.1", "output.3"], steps[:, :2])}
     chips = view_words(table, ["red"])
     tensors, header = build_view(ms, chips, colormap="turbo", opacity=0.8, normalization="per word",
-                                 image_size=(64, 64), frames=fr)
+                                 image_size=(64, 64), frames=fr, streams=["clip_l", "t5xxl"])
     temp = srv.base / "temp" / "temp"  # ComfyUI's temp folder (--temp-directory <base>/temp adds "temp")
     record = write_view(temp, ms, torch.full((1, 64, 64, 3), 0.5), tensors, header)
     return {"attention_focus_view": [record], "attention_focus_grid": []}
@@ -138,6 +142,11 @@ def test_history_controls_scrub_steps_and_layers(ui):
     page.dispatch_event(".af-steps", "input")
     page.wait_for_timeout(200)
     assert np.abs(shot(canvas) - all_steps).mean() < 1
+
+    # maps of a model with two text streams: buttons that fill text_stream for the next run
+    assert page.locator(".af-stream").all_text_contents() == ["all", "clip_l", "t5xxl"]
+    page.click(".af-stream >> text='t5xxl'")
+    assert page.evaluate(f"app.graph.getNodeById({hm}).widgets.find(w => w.name === 'text_stream').value") == "t5xxl"
     assert not ed.pack_errors(), ed.pack_errors()
     ed.close()
 
@@ -180,4 +189,25 @@ def test_without_dom_widgets_the_node_draws_the_static_grid(ui):
     assert len(next(n for n in saved["nodes"] if n["type"] == "AttentionFocusHeatmap")["widgets_values"]) == \
         HEATMAP_VALUES
     assert not ed.pack_errors(), ed.pack_errors()
+    ed.close()
+
+
+def test_flux_example_offers_model_downloads(ui):
+    """The loaders' properties.models entries: the editor lists the missing files with a download each."""
+    ver, srv, browser = ui
+    ed = Editor(browser, srv)
+    page = ed.page
+    wf = json.loads((REPO / "example_workflows" / "attention_focus_flux.json").read_text())
+    ed.load(wf, len(wf["nodes"]))
+    details = page.locator("text=View details")  # 1.58: a notice first, the list in the side panel
+    page.wait_for_function("document.body.innerText.includes('Missing Models') || "
+                           "[...document.querySelectorAll('button')].some(b => b.innerText.includes('View details'))",
+                           timeout=30000)
+    if details.count():
+        details.first.click()
+    page.wait_for_function("document.body.innerText.includes('Missing Models')", timeout=30000)
+    text = page.evaluate("document.body.innerText")
+    for name in ("flux1-dev.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        assert name in text, name
+    assert text.count("Download") >= 4, text
     ed.close()

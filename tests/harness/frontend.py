@@ -87,8 +87,10 @@ class Editor:
         self.version = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__ || ''")
 
     def pack_errors(self) -> list[str]:
-        """Console errors that are not known to come from the front end or the blocked network."""
-        return [e for e in self.errors if not any(f in e for f in FOREIGN_ERRORS)]
+        """Console errors except those known to come from the front end or the blocked network (an error
+        that names the pack always counts)."""
+        return [e for e in self.errors
+                if "attention_focus" in e.lower() or not any(f in e for f in FOREIGN_ERRORS)]
 
     def load(self, workflow: dict, nodes: int) -> None:
         self.page.evaluate("wf => app.loadGraphData(wf)", workflow)

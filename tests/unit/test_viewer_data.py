@@ -102,3 +102,15 @@ def test_route_serves_only_view_files():
     for bad in ["../secret", "x.view.safetensors", "0" * 32 + ".view.safetensors/../../a",
                 "0" * 32 + ".png", "", "0" * 31 + ".view.safetensors"]:
         assert resolve_name("/nonexistent", bad) is None
+
+
+def test_compare_puts_both_runs_on_one_scale():
+    from attention_focus.nodes.compare_node import joint_normalize
+
+    a = torch.tensor([[[0.0, 1.0]], [[2.0, 4.0]]])  # (2 words, 1, 2)
+    b = torch.tensor([[[0.5, 3.0]], [[2.0, 2.0]]])
+    na, nb = joint_normalize(a, b, "per word")
+    assert torch.allclose(na[0], torch.tensor([[0.0, 1 / 3]])) and torch.allclose(nb[0], torch.tensor([[0.5 / 3, 1.0]]))
+    assert torch.allclose(na[1], torch.tensor([[0.0, 1.0]])) and torch.allclose(nb[1], torch.tensor([[0.0, 0.0]]))
+    na, nb = joint_normalize(a, b, "shared")
+    assert na.max() == 1 and torch.allclose(nb[0], torch.tensor([[0.125, 0.75]]))
