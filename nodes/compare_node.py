@@ -84,7 +84,6 @@ class AttentionFocusCompare:
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("grid",)
-    OUTPUT_NODE = True  # it shows both runs in the viewer, even when its grid is not saved
     OUTPUT_TOOLTIPS = ("Per image pair: row A and row B (the image, then each word's overlay), one scale.",)
     FUNCTION = "compare"
     CATEGORY = CATEGORY

@@ -203,13 +203,14 @@ class AttentionFocusHeatmap:
 
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
     RETURN_NAMES = ("overlays", "grid", "masks")
-    OUTPUT_NODE = True  # it shows the viewer: it runs even when nothing uses its outputs (like Preview Image)
     OUTPUT_TOOLTIPS = ("One captioned overlay per image and word.",
                        "Per image: the picture and every word's overlay in one grid.",
                        "One soft mask per image and word, at image size, values 0..1.")
     FUNCTION = "render"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
+    DESCRIPTION = ("Shows where each word of the prompt was attended, as overlays, a grid and masks. Like any "
+                   "node that is not an output, it runs when an output uses it (e.g. grid → Save Image); after a "
+                   "run it shows an interactive viewer in the editor.")
 
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
                branch: str, text: str = "", clip=None, text_stream: str = "all", dynprompt=None, unique_id=None):

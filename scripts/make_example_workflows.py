@@ -148,13 +148,13 @@ def prompts(g: Graph) -> tuple[int, int, int, int]:
 
 
 def captured_sampling(g: Graph, ids: tuple[int, int, int, int], model: tuple[int, int], y: int, title: str,
-                      heatmap: list) -> tuple[int, int, int]:
-    """Capture → KSampler → VAE Decode → Heatmap on ``model``; returns (capture, decode, heatmap) ids."""
+                      heatmap: list | None) -> tuple[int, int, int | None]:
+    """Capture → KSampler → VAE Decode (→ Heatmap) on ``model``; returns (capture, decode, heatmap) ids."""
     ck, pos, neg, lat = ids
     cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, y), title)
     ks = g.add("KSampler", [42, "fixed", 8, 6.0, "euler", "normal", 1.0], (1080, y))
     dec = g.add("VAEDecode", [], (1440, y))
-    hm = g.add("AttentionFocusHeatmap", heatmap, (1440, y + 100), size=(VIEWER_WIDTH, 250))
+    hm = g.add("AttentionFocusHeatmap", heatmap, (1440, y + 100), size=(VIEWER_WIDTH, 250)) if heatmap else None
     g.link(*model, cap, "model")
     g.link(cap, 0, ks, "model")
     g.link(pos, 0, ks, "positive")
@@ -162,8 +162,9 @@ def captured_sampling(g: Graph, ids: tuple[int, int, int, int], model: tuple[int
     g.link(lat, 0, ks, "latent_image")
     g.link(ks, 0, dec, "samples")
     g.link(ck, 2, dec, "vae")
-    g.link(cap, 1, hm, "attention_maps")
-    g.link(dec, 0, hm, "image")
+    if hm:
+        g.link(cap, 1, hm, "attention_maps")
+        g.link(dec, 0, hm, "image")
     return cap, dec, hm
 
 
@@ -196,21 +197,20 @@ def reweight() -> Graph:
     rw = g.add("AttentionFocusReweight", [REWEIGHT, "scale", "all", "positive", 0.0, 1.0],
                (0, 420), "Reweight: more hat, less cat")
     g.link(ids[0], 0, rw, "model")
-    heatmap = [WORDS, "turbo", 0.6, "shared", "positive", "all"]
-    cap_a, dec_a, _ = captured_sampling(g, ids, (ids[0], 0), 0, "Capture (plain)", heatmap)
-    cap_b, dec_b, _ = captured_sampling(g, ids, (rw, 0), 1000, "Capture (reweighted)", heatmap)
-    x = 1440 + VIEWER_WIDTH + 40
-    both_img = g.add("ImageBatch", [], (x, 0), "Images: plain | reweighted")
+    cap_a, dec_a, _ = captured_sampling(g, ids, (ids[0], 0), 0, "Capture (plain)", None)
+    cap_b, dec_b, _ = captured_sampling(g, ids, (rw, 0), 400, "Capture (reweighted)", None)
+    both_img = g.add("ImageBatch", [], (1800, 0), "Images: plain | reweighted")
     g.link(dec_a, 0, both_img, "image1")
     g.link(dec_b, 0, both_img, "image2")
-    cmp_ = g.add("AttentionFocusCompare", [WORDS, "turbo", 0.6, "per word", "positive", "", ""], (x, 300),
-                 "Compare: plain vs reweighted, one scale", size=(360, 300))
+    cmp_ = g.add("AttentionFocusCompare", [WORDS, "turbo", 0.6, "per word", "positive", "", ""], (1800, 200),
+                 "Compare: plain vs reweighted, one scale", size=(VIEWER_WIDTH, 300))
+    x = 1800 + VIEWER_WIDTH + 40
     g.link(cap_a, 1, cmp_, "maps_a")
     g.link(dec_a, 0, cmp_, "image_a")
     g.link(cap_b, 1, cmp_, "maps_b")
     g.link(dec_b, 0, cmp_, "image_b")
-    s1 = g.add("SaveImage", ["attention_focus/reweight_images"], (x + 400, 0))
-    s2 = g.add("SaveImage", ["attention_focus/reweight_heatmaps"], (x + 400, 300))
+    s1 = g.add("SaveImage", ["attention_focus/reweight_images"], (x, 0))
+    s2 = g.add("SaveImage", ["attention_focus/reweight_heatmaps"], (x, 300))
     note(g, SD_NOTE + "\n\n**Reweight** changes how much the image attends to the chosen words while it is "
          "generated; *Compare* puts both runs' maps on one scale, each row captioned with its weights.",
          (0, 680), size=(330, 380))

@@ -195,42 +195,47 @@ def test_viewer_appears_after_run_and_answers_clicks_and_hover(ui):
 
 
 def test_compare_two_runs_on_one_scale(ui):
-    """The reweight example: the plain run's viewer shows the reweighted run beside it, one scale for both."""
+    """Two runs of the heat-map example: the second run's viewer shows the first beside it on one scale;
+    the reweight example's Compare node opens with both runs, captioned with their weights."""
     ver, srv, browser = ui
     ed = Editor(browser, srv)
     page = ed.page
-    ed.load(example(srv, "attention_focus_reweight.json", size=(64, 64), seed=202), 12)
-    hist = ed.run()
-    assert hist["status"]["status_str"] == "success", hist["status"]
-    plain, reweighted = ed.nodes("AttentionFocusHeatmap")
-    ed.focus(plain)
-    viewer = page.locator(f".af-viewer[data-node='{plain}']")
+    hists = []
+    for seed in (202, 203):
+        ed.load(example(srv, "attention_focus_heatmaps.json", size=(64, 64), seed=seed), 13)
+        hists.append(ed.run())
+        assert hists[-1]["status"]["status_str"] == "success", hists[-1]["status"]
+    hm = ed.nodes("AttentionFocusHeatmap")[0]
+    ed.focus(hm)
+    viewer = page.locator(f".af-viewer[data-node='{hm}']")
     viewer.locator("canvas.af-canvas").wait_for(state="visible")
-    page.wait_for_function(f"""[...document.querySelectorAll(".af-viewer[data-node='{plain}'] .af-compare option")]
-        .some(o => o.textContent.includes('#{reweighted},'))""", timeout=30000)
-    options = viewer.locator(".af-compare option").all_text_contents()
-    label = next(o for o in options if f"#{reweighted}," in o)
+    page.wait_for_function(f"""[...document.querySelectorAll(".af-viewer[data-node='{hm}'] .af-compare option")]
+        .some(o => o.textContent.endsWith('run 1'))""", timeout=30000)
+    label = next(o for o in viewer.locator(".af-compare option").all_text_contents() if o.endswith("run 1"))
     viewer.locator(".af-compare").select_option(label=label)
-    page.wait_for_function(f"document.querySelectorAll(\".af-viewer[data-node='{plain}'] .af-stage.af-two canvas\")"
+    page.wait_for_function(f"document.querySelectorAll(\".af-viewer[data-node='{hm}'] .af-stage.af-two canvas\")"
                            ".length === 2")
     a, b = viewer.locator(".af-canvas").all()
     assert np.abs(shot(a) - shot(b)).mean() > 1, "the two runs differ"
-    _, ha = view_of(srv, hist, plain)
-    _, hb = view_of(srv, hist, reweighted)
-    first = next(w["text"] for w in ha["words"] if w["selected"])
-    ia = next(i for i, w in enumerate(ha["words"]) if w["text"] == first)
-    ib = next(i for i, w in enumerate(hb["words"]) if w["text"] == first)
+    _, first = view_of(srv, hists[0], hm)
+    _, second = view_of(srv, hists[1], hm)
+    i = next(i for i, w in enumerate(second["words"]) if w["text"] == "cat")
+    j = next(j for j, w in enumerate(first["words"]) if w["text"] == "cat")
     bar = viewer.locator(".af-barlabels")
-    assert float(bar.get_attribute("data-hi")) == pytest.approx(max(ha["hi"][0][ia], hb["hi"][0][ib]), rel=1e-5)
-    assert float(bar.get_attribute("data-lo")) == pytest.approx(min(ha["lo"][0][ia], hb["lo"][0][ib]), rel=1e-5)
+    assert float(bar.get_attribute("data-hi")) == pytest.approx(max(second["hi"][0][i], first["hi"][0][j]), rel=1e-5)
+    assert float(bar.get_attribute("data-lo")) == pytest.approx(min(second["lo"][0][i], first["lo"][0][j]), rel=1e-5)
     assert "both runs" in bar.text_content()
 
-    # the Compare node's own viewer shows both runs at once, captioned with their weights
+    # with and without reweighting: the Compare node's viewer shows both runs at once, captioned
+    ed.load(example(srv, "attention_focus_reweight.json", size=(64, 64), seed=204), 16)
+    assert ed.run()["status"]["status_str"] == "success"
     cmp_ = ed.nodes("AttentionFocusCompare")[0]
     ed.focus(cmp_)
     both = page.locator(f".af-viewer[data-node='{cmp_}']")
     both.locator(".af-stage.af-two canvas").first.wait_for(state="visible", timeout=30000)
     captions = both.locator("figcaption").all_text_contents()
     assert captions == ["no reweighting", "reweighted: red wizard hat:2.0, cat:0.5"]
+    a, b = both.locator(".af-canvas").all()
+    assert np.abs(shot(a) - shot(b)).mean() > 1, "reweighting changes the picture and its maps"
     assert not ed.pack_errors(), ed.pack_errors()
     ed.close()
