@@ -8,6 +8,8 @@ One heat-map run writes, into ``<ComfyUI temp>/attention_focus_view/`` (served b
   format, for download (Load Maps reads it back);
 - ``<id>.<b>.jpg`` — the picture under the overlay, one per image of the batch (longest side ≤ 1024 px).
 
+Only the newest ``KEEP_VIEWS`` runs' files are kept.
+
 Values: a map holds attention probabilities summed over the sampler's model evaluations (see
 capture_store); dividing by the number of evaluations gives the **attention share**: the mean fraction of a
 pixel's attention (over heads, layers and steps) that went to (each token of) the word. ``lo``/``hi``
@@ -44,6 +46,7 @@ VERSION = 1
 META_KEY = "attention_focus_view"
 FOLDER = "attention_focus_view"
 MAX_IMAGE_SIDE = 1024
+KEEP_VIEWS = 64  # newest runs whose view files stay in the temp folder (ComfyUI clears it at start-up)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,18 @@ def write_view(temp_dir: str | os.PathLike, ms: MapSet, images: torch.Tensor, te
               metadata={MAPS_META_KEY: json.dumps(maps_meta, default=str)})
     for i, name in enumerate(header["images"]):
         _save_jpeg(images[i], folder / name)
+    prune(folder)
     return {"id": vid, "words": [w["text"] for w in header["words"]], "batch": header["batch"]}
+
+
+def prune(folder: Path, keep: int = KEEP_VIEWS) -> None:
+    """Delete the files of all but the newest ``keep`` views (a long session stays bounded on disk; the
+    editor shows the static grid for a run whose view is gone)."""
+    views = sorted(folder.glob("*.view.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in views[keep:]:
+        vid = old.name.split(".", 1)[0]
+        for f in folder.glob(f"{vid}.*"):
+            f.unlink(missing_ok=True)
 
 
 def _save_jpeg(image: torch.Tensor, path: Path) -> None:

@@ -97,8 +97,8 @@ async function showHeatmap(node, message) {
     fit(node, 320);
     return;
   }
+  const { viewer } = ensureViewer(node);
   try {
-    const { viewer } = ensureViewer(node);
     const { view, images } = await loadView(record.id);
     // the Compare node sends both runs: show them side by side at once
     const compare = other ? { key: other.id, label: labels[1] ?? "B", ...(await loadView(other.id)) } : undefined;
@@ -106,9 +106,12 @@ async function showHeatmap(node, message) {
     viewer.show(view, images, { label: labels[0] ?? null, compare });
     fit(node);
   } catch (err) {
-    console.warn("[attention_focus] viewer unavailable, showing the static grid:", err);
-    showStaticGrid(node, api, record, grid);
-    fit(node, 320);
+    console.warn("[attention_focus] this run's view cannot be read, showing the static grid:", err);
+    const ref = grid?.[0];
+    const q = ref && new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "temp" });
+    viewer.showMessage("This run's maps are no longer on the server (ComfyUI clears its temp folder when it starts, "
+      + "and keeps the newest runs only): run the workflow again for the viewer.", q ? api.apiURL(`/view?${q}`) : null);
+    fit(node);
   }
 }
 

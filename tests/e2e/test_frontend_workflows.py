@@ -147,6 +147,12 @@ def test_history_controls_scrub_steps_and_layers(ui):
     assert page.locator(".af-stream").all_text_contents() == ["all", "clip_l", "t5xxl"]
     page.click(".af-stream >> text='t5xxl'")
     assert page.evaluate(f"app.graph.getNodeById({hm}).widgets.find(w => w.name === 'text_stream').value") == "t5xxl"
+
+    # a run whose view files are gone (ComfyUI cleared its temp folder): a note instead of the viewer
+    gone = {"attention_focus_view": [{"id": "0" * 32, "words": ["cat"], "batch": 1}], "attention_focus_grid": []}
+    page.evaluate("([id, m]) => app.graph.getNodeById(id).onExecuted(m)", [hm, gone])
+    page.wait_for_selector(".af-message", state="visible", timeout=10000)
+    assert "run the workflow again" in page.locator(".af-message").text_content()
     assert not ed.pack_errors(), ed.pack_errors()
     ed.close()
 

@@ -170,12 +170,21 @@ def shot(locator):
 
 
 def write_png(path: Path, png: bytes, max_colours: int = 192) -> int:
-    """Save a screenshot as a palette PNG (small enough for the repository); returns its size in bytes."""
+    """Save a screenshot as a palette PNG (small enough for the repository); returns its size in bytes.
+
+    The file is left alone when it already shows the same picture (so test runs do not churn the repository).
+    """
     import io
 
+    import numpy as np
     from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=max_colours, dither=Image.Dither.NONE)
+    if path.is_file():
+        old = Image.open(path).convert("RGB")
+        if old.size == img.size and np.abs(np.asarray(old, np.int16) - np.asarray(img.convert("RGB"), np.int16)
+                                           ).mean() < 2:
+            return path.stat().st_size
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, optimize=True)
     return path.stat().st_size

@@ -114,3 +114,20 @@ def test_compare_puts_both_runs_on_one_scale():
     assert torch.allclose(na[1], torch.tensor([[0.0, 1.0]])) and torch.allclose(nb[1], torch.tensor([[0.0, 0.0]]))
     na, nb = joint_normalize(a, b, "shared")
     assert na.max() == 1 and torch.allclose(nb[0], torch.tensor([[0.125, 0.75]]))
+
+
+def test_only_the_newest_views_are_kept(tmp_path):
+    import os
+
+    from attention_focus.nodes.viewer_data import prune
+
+    folder = tmp_path / "attention_focus_view"
+    folder.mkdir()
+    for i in range(5):
+        vid = f"{i:032x}"
+        for suffix in (".view.safetensors", ".maps.safetensors", ".0.jpg"):
+            (folder / f"{vid}{suffix}").write_bytes(b"x")
+            os.utime(folder / f"{vid}{suffix}", (1000 + i, 1000 + i))
+    prune(folder, keep=2)
+    assert sorted(p.name.split(".")[0][-1] for p in folder.glob("*.view.safetensors")) == ["3", "4"]
+    assert len(list(folder.iterdir())) == 6

@@ -22,6 +22,8 @@ const CSS = `
 .af-barlabels { font-size: 11px; opacity: 0.85; }
 .af-readout { min-height: 30px; font-size: 11px; display: flex; flex-wrap: wrap; gap: 2px 8px; }
 .af-rank.af-top { font-weight: bold; color: #e8a33d; }
+.af-message { opacity: 0.85; }
+.af-grid { width: 100%; height: auto; display: block; }
 .af-note { font: 12px sans-serif; color: var(--input-text, #ddd); padding: 4px; overflow-wrap: anywhere; }
 .af-note a { color: #8cf; }
 `;

@@ -96,6 +96,14 @@ export class Viewer {
     paintColorbar(this.barCanvas.getContext("2d"), 256, 10, v.lut);
   }
 
+  // no view to show (its files are gone, or unreadable): a note and the static grid, when there is one
+  showMessage(text, gridUrl = null) {
+    this.view = null;
+    this.root.replaceChildren(el("div", { class: "af-message" }, text),
+      gridUrl ? el("img", { class: "af-grid", src: gridUrl, alt: "heat-map grid" }) : null);
+    this.onResize?.();
+  }
+
   batchPicker() {
     if (this.view.batch < 2) return null;
     const s = el("select", { class: "af-batch", onchange: (e) => { this.b = Number(e.target.value); this.render(); } });
