@@ -177,6 +177,9 @@ def test_viewer_appears_after_run_and_answers_clicks_and_hover(ui):
     lm = ed.nodes("AttentionFocusLoadMaps")[0]
     page.wait_for_function(f"""app.graph.getNodeById({lm}).widgets.find(w => w.name === 'file')
         .options.values.includes({json.dumps(f"{saved['subfolder']}/{saved['filename']}")})""", timeout=10000)
+    workflow = json.loads(page.evaluate("(async () => JSON.stringify((await app.graphToPrompt()).workflow))()"))
+    kept = {n["type"]: n["widgets_values"] for n in workflow["nodes"] if n["type"].startswith("AttentionFocus")}
+    assert kept["AttentionFocusLoadMaps"] == [""] and len(kept["AttentionFocusSaveMaps"]) == 2, kept  # no pack widget
 
     if ver == CURRENT:  # the README's picture: the node with its viewer, a word clicked, a pixel hovered
         ed.focus(hm, y=60)
