@@ -13,9 +13,8 @@ import torch.nn.functional as F
 
 from .errors import AttentionFocusError
 from .maps_file import safe_output_path
-from .maps_words import word_groups
+from .maps_words import word_groups, word_maps
 from .node_common import ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, labels_for, mapset_for, preview
-from .maps_words import word_maps
 from .render import COLORMAPS
 from .segmentation import difference, label_map, render_differences, render_labels
 from .timelapse import (frame_values, history_word_maps, layer_values, render_layer_grid, render_timelapse,
@@ -154,7 +153,7 @@ class AttentionFocusSegment:
         return {"ui": {"images": preview(pic)}, "result": (pic, masks.reshape(-1, *masks.shape[-2:]).cpu())}
 
 
-class AttentionFocusCompare:
+class AttentionFocusDifference:
     """Two captures' maps (two seeds, prompts or weightings) → per-word differences on one shared scale."""
 
     @classmethod
@@ -265,8 +264,8 @@ class AttentionFocusInfluence:
 
 
 ANALYSIS_NODES = {"AttentionFocusHistory": AttentionFocusHistory, "AttentionFocusSegment": AttentionFocusSegment,
-                  "AttentionFocusCompare": AttentionFocusCompare, "AttentionFocusInfluence": AttentionFocusInfluence}
+                  "AttentionFocusDifference": AttentionFocusDifference, "AttentionFocusInfluence": AttentionFocusInfluence}
 ANALYSIS_NAMES = {"AttentionFocusHistory": "Attention Focus History (timelapse, layers)",
                   "AttentionFocusSegment": "Attention Focus Segment (label map)",
-                  "AttentionFocusCompare": "Attention Focus Compare (A - B)",
+                  "AttentionFocusDifference": "Attention Focus Difference (A - B)",
                   "AttentionFocusInfluence": "Attention Focus Influence (what a word does)"}

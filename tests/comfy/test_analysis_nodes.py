@@ -118,7 +118,7 @@ def test_heatmap_threshold_and_otsu_masks(runs):
 
 def test_compare_node_differences_on_one_scale(runs):
     comfy, ((ma, ia), (mb, ib)) = runs
-    tiles, grid = _node(comfy, "AttentionFocusCompare").compare(ma, ia, mb, ib, "cat, hat", 1.0,
+    tiles, grid = _node(comfy, "AttentionFocusDifference").compare(ma, ia, mb, ib, "cat, hat", 1.0,
                                                                  "positive")["result"]
     a, b = ma.result(), mb.result()
     d = torch.stack([_word(a, w) - _word(b, w) for w in ("cat", "hat")], 1)
@@ -180,7 +180,7 @@ def test_new_nodes_in_a_real_graph(comfy):
             "attention_maps": ["4", 1], "image": ["7", 0], "words": "cat", "colormap": "turbo", "opacity": 0.6,
             "normalization": "per word", "branch": "positive", "mask_mode": "otsu"}},
         "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 1], "filename_prefix": "g/heat"}},
-        "15": {"class_type": "AttentionFocusCompare", "inputs": {
+        "15": {"class_type": "AttentionFocusDifference", "inputs": {
             "attention_maps_a": ["4", 1], "image_a": ["7", 0], "attention_maps_b": ["4", 1], "image_b": ["7", 0],
             "words": "cat", "opacity": 0.6, "branch": "positive"}},
         "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 1], "filename_prefix": "g/compare"}},
