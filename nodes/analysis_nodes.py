@@ -264,7 +264,8 @@ class AttentionFocusInfluence:
 
 
 ANALYSIS_NODES = {"AttentionFocusHistory": AttentionFocusHistory, "AttentionFocusSegment": AttentionFocusSegment,
-                  "AttentionFocusDifference": AttentionFocusDifference, "AttentionFocusInfluence": AttentionFocusInfluence}
+                  "AttentionFocusDifference": AttentionFocusDifference,
+                  "AttentionFocusInfluence": AttentionFocusInfluence}
 ANALYSIS_NAMES = {"AttentionFocusHistory": "Attention Focus History (timelapse, layers)",
                   "AttentionFocusSegment": "Attention Focus Segment (label map)",
                   "AttentionFocusDifference": "Attention Focus Difference (A - B)",
