@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from .dit_layout import Geometry, TextPart, patch_grid
-from .family_base import FamilySpec, count, keys, length, level_of, mro_names, patch_of
+from .family_base import FamilySpec, count, keys, length, level_of, mro_names, patch_of, refuse
 
 # Wan subclasses whose layout is not the plain one, by the structure that makes them differ: attribute → reason
 WAN_REFUSED_PARTS = (
@@ -35,6 +35,8 @@ def _wan(dm, base: set[str]) -> FamilySpec | None:
         options.add("humo")
     if getattr(dm, "ref_conv", None) is not None:
         options.add("ref_conv")
+    if hasattr(dm.blocks[0].cross_attn, "k_img") if len(dm.blocks) else False:
+        options.add("i2v")  # image-to-video cross-attention: a CLIP-vision call, then the text call
     name = "Wan"
     if hasattr(dm, "control_adapter"):
         name = "Wan Camera"
@@ -113,6 +115,10 @@ def _video_grid(spec: FamilySpec, x) -> tuple[int, tuple[int, int]]:
 def _wan_geom(spec: FamilySpec, x, ctx, extra) -> Geometry:
     """Cross-attention over the text; the queries are the video tokens, plus HuMo's reference frames after them
     (a ``reference_latent`` [B, C, T_r, H_r, W_r], patch-embedded by the same conv)."""
+    if spec.has("i2v") and extra.get("clip_fea") is None:
+        refuse(spec, "image-to-video without CLIP vision features (its image branch then attends to the prompt's "
+                     "tokens through its own projection, a second call per block that is no text attention; connect "
+                     "a clip_vision_output to the image-to-video node)")
     frames, grid = _video_grid(spec, x)
     n_ctx = length(ctx)
     n_q = 0
