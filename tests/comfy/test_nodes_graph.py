@@ -98,8 +98,8 @@ def test_full_graph_writes_heatmaps_and_maps(comfy, ckpt):
     assert meta["image_size"] == [40, 72] and meta["latent_size"] == [5, 9]
     assert meta["steps"] == 3 and meta["model_family"] == "sd1"
     assert [t["word_index"] for t in meta["tokens"]][0] == -1  # BOS is special
-    assert "attention_focus_words" in res["outputs"]["8"]
-    assert "cat" in res["outputs"]["8"]["attention_focus_words"]
+    view = res["outputs"]["8"]["attention_focus_view"][0]  # the editor viewer's record (see test_viewer_data)
+    assert view["words"][:2] == ["cat", "red wizard hat"] and "photo" in view["words"] and view["batch"] == 2
 
     # the saved maps reload and render like the live capture
     rel = str(Path(saved["subfolder"]) / saved["filename"])

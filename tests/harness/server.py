@@ -126,11 +126,11 @@ class ComfyServer:
 
 @contextlib.contextmanager
 def running_server(prefix: str, models: dict[str, list[Path]] | None = None,
-                   extra_args=()) -> Iterator[ComfyServer]:
+                   extra_args: tuple[str, ...] | list[str] = ()) -> Iterator[ComfyServer]:
     """A ComfyServer on a fresh base folder whose checkpoints hold the random SD1.5 fixture.
 
     ``models`` links more files into model folders: ``{"diffusion_models": [path], ...}``;
-    ``extra_args`` go to main.py (e.g. ``["--cache-lru", "8"]``).
+    ``extra_args`` go to main.py (e.g. ``["--cache-lru", "8"]`` or ``--front-end-root <static folder>``).
     """
     from harness.comfy_boot import comfyui_path
     from harness.fixtures import sd15_checkpoint
