@@ -2,7 +2,8 @@
 
 Layouts: ``BLC`` = (batch, tokens, heads*dim), as ComfyUI's UNet attention passes q/k/v;
 ``BHLD`` = (batch, heads, tokens, dim) when the caller set ``skip_reshape``.
-Everything here is computed in fp32 and chunked over queries so peak memory stays bounded.
+Everything here is computed in fp32 and chunked over queries so peak memory stays bounded; the exact joint
+softmax's row normalisers come from a fused attention kernel where the device has one (``lse_path``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import torch
 
 # at most this many fp32 logits are held at once per capture call (64 MiB)
 MAX_LOGITS = 16 * 1024 * 1024
-# use PyTorch's fused CPU attention kernel for row log-sum-exps (False: query-chunked logits)
+# use a fused attention kernel for row log-sum-exps where one exists (False: query-chunked logits everywhere)
 FUSED_LSE = True
+# the memory-efficient CUDA kernel wants each bias row to start on an aligned address: SDPA pads the bias's last
+# dimension to a multiple of 16 and slices it back (PyTorch's preprocess_mask); so does ``_efficient_bias``
+_BIAS_ALIGN = 16
 
 
 def to_bhld(x: torch.Tensor, heads: int, bhld: bool) -> torch.Tensor:
@@ -112,21 +116,88 @@ def _additive(mask: torch.Tensor | None, lq: int, s: int, e: int) -> torch.Tenso
     return m.float()
 
 
-def row_logsumexp(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def lse_path(device_type: str) -> str:
+    """Which kernel gives the row log-sum-exps of the exact joint softmax on a device:
+
+    - ``cpu_flash``: PyTorch's fused CPU flash attention (``_scaled_dot_product_flash_attention_for_cpu``), which
+      returns ``(output, logsumexp)`` with logsumexp (B, H, Lq) fp32 and takes an additive ``attn_mask``;
+    - ``cuda_efficient``: the memory-efficient CUDA kernel (``_scaled_dot_product_efficient_attention`` with
+      ``compute_log_sumexp=True``): BHLD inputs (fp32 here, so the normaliser is the fp32 one), an additive bias
+      that may broadcast (stride 0) over batch, heads and queries but whose rows must be aligned
+      (``_efficient_bias``), and logsumexp (B, H, ⌈Lq/32⌉·32) fp32 on CUDA (Lq on ROCm): trimmed to Lq. (The flash
+      CUDA kernel is not used: it takes no bias and only fp16/bf16 inputs.)
+    - ``chunked``: the logits in query chunks of at most ``MAX_LOGITS`` (any device; the fallback when a fused
+      kernel is missing or refuses its inputs).
+    """
+    aten = torch.ops.aten
+    if not FUSED_LSE:
+        return "chunked"
+    if device_type == "cpu" and hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return "cpu_flash"
+    if device_type == "cuda" and hasattr(aten, "_scaled_dot_product_efficient_attention"):
+        return "cuda_efficient"
+    return "chunked"
+
+
+def _full_bias(bias: torch.Tensor | None, b: int, h: int, lq: int, lk: int) -> torch.Tensor | None:
+    """An additive bias as a (B, H|1, Lq, Lk) view (no copy: broadcast dimensions keep stride 0)."""
+    if bias is None:
+        return None
+    return bias.expand(b, h if bias.shape[1] != 1 else 1, lq, lk)
+
+
+def _efficient_bias(bias: torch.Tensor | None, b: int, h: int, lq: int, lk: int) -> torch.Tensor | None:
+    """An additive bias as the memory-efficient kernel takes it: a (B, H, Lq, Lk) fp32 view whose last dimension is
+    contiguous and whose other strides are multiples of ``_BIAS_ALIGN`` (broadcast ones stay 0): the rows are
+    padded to a multiple of ``_BIAS_ALIGN`` and sliced back, as SDPA does before calling that kernel."""
+    if bias is None:
+        return None
+    m = bias.float()
+    if m.stride(-1) != 1 or any(st % _BIAS_ALIGN for st, n in zip(m.stride()[:-1], m.shape[:-1], strict=True)
+                                if n > 1):
+        pad = (-lk) % _BIAS_ALIGN
+        m = torch.nn.functional.pad(m, (0, pad))[..., :lk] if pad else m.contiguous()
+    return m.expand(b, h, lq, lk)
+
+
+def _efficient_op(q, k, v, bias):
+    """``aten._scaled_dot_product_efficient_attention(q, k, v, bias, compute_log_sumexp=True)``."""
+    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True)
+
+
+def _lse_fused(path: str, qf: torch.Tensor, kf: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Row log-sum-exps (B, H, Lq) from the fused kernel ``path`` (see ``lse_path``); raises if it refuses."""
+    b, h, lq, _ = qf.shape
+    lk = kf.shape[2]
+    if path == "cpu_flash":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qf, kf, kf, attn_mask=_full_bias(bias, b, h, lq, lk))[1]
+    if path == "cuda_efficient":
+        q, k = qf.contiguous(), kf.contiguous()
+        lse = _efficient_op(q, k, k, _efficient_bias(bias, b, h, lq, lk))[1]
+        if lse.ndim != 3 or lse.shape[:2] != (b, h) or lse.shape[2] < lq:
+            raise RuntimeError(f"unexpected log-sum-exp layout {tuple(lse.shape)}")
+        return lse[:, :, :lq]
+    raise ValueError(f"no fused log-sum-exp kernel {path!r}")
+
+
+def row_logsumexp(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                  path: str | None = None) -> torch.Tensor:
     """log Σ_j exp(q·k_j/√d + bias_j) for every query row: (B, H, Lq) fp32 from BHLD q/k.
 
-    On CPU PyTorch's fused flash-attention kernel returns this normaliser with its (discarded) output,
-    in tiles, multi-threaded and without materialising the logits; elsewhere, or if that kernel is
-    missing, the logits are computed in query chunks of at most ``MAX_LOGITS``.
+    A fused attention kernel returns this normaliser with its (discarded) output, in tiles and without
+    materialising the logits (``lse_path`` chooses it by device: CPU flash attention, CUDA memory-efficient
+    attention); without one, or if it refuses the inputs, the logits are computed in query chunks of at most
+    ``MAX_LOGITS``. ``path`` forces a choice (tests). ``bias`` broadcasts to (B, H, Lq, Lk).
     """
     qf, kf = q.float(), k.float()
     b, h, lq, d = qf.shape
     lk = kf.shape[2]
-    if FUSED_LSE and qf.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    path = path or lse_path(qf.device.type)
+    if path != "chunked":
         try:
-            m = None if bias is None else bias.expand(b, h if bias.shape[1] != 1 else 1, lq, lk)
-            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qf, kf, kf, attn_mask=m)[1]
-        except (RuntimeError, TypeError):
+            return _lse_fused(path, qf, kf, bias)
+        except (RuntimeError, TypeError, NotImplementedError):
             pass
     out = torch.empty(b, h, lq, dtype=torch.float32, device=q.device)
     step = max(1, MAX_LOGITS // max(1, b * h * lk))
@@ -168,6 +239,8 @@ def attention_probs_at(
         raise ValueError(f"normalize must be 'all' or 'text', not {normalize!r}")
     qh = to_bhld(q, heads, bhld)
     kh = to_bhld(k, heads, bhld)
+    if kh.shape[1] != qh.shape[1]:  # grouped-query attention (enable_gqa): each key head serves several query heads
+        kh = kh.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1)
     b, h, lq, d = qh.shape
     lk = kh.shape[2]
     r0, r1, _ = rows.indices(lq)

@@ -91,7 +91,7 @@ def _dit_call_info(st: SharedState, to: dict, fwd: ForwardInfo, q, k, bhld: bool
     geom = fwd.geom
     lq, lk = (q.shape[2], k.shape[2]) if bhld else (q.shape[1], k.shape[1])
     second = True
-    if geom.order == "cross" and not fwd.cross_only and lq == lk == geom.n_img == geom.n_text:
+    if geom.order == "cross" and not fwd.cross_only and lq == lk == geom.n_q == geom.n_text:
         fwd.ambiguous += 1  # self-attention comes first in each block, then cross-attention
         second = fwd.ambiguous % 2 == 0
     loc = located(geom, lq, lk, second)

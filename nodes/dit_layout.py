@@ -7,8 +7,11 @@ whether an attention call with ``lq`` queries and ``lk`` keys is an image→text
 forward and where its rows and text columns are.
 
 Orders: ``txt_first`` = joint attention over ``[text, image, refs…]`` (SD3, Flux, Chroma, AuraFlow,
-Qwen-Image, Lumina 2); ``img_first`` = ``[image, text]`` (HiDream); ``cross`` = separate
-cross-attention, queries are image tokens and keys are text tokens (Wan, HunyuanDiT).
+Qwen-Image, Lumina 2); ``img_first`` = ``[image, text]`` (HiDream, Mochi); ``cross`` = separate
+cross-attention, queries are image tokens and keys are text tokens (Wan, HunyuanDiT, PixArt, Cosmos, LTXV).
+Where other tokens come before the target image or the text (HunyuanVideo's reference latent, Omnigen2's
+reference images, HuMo's appended reference frames), ``img_start`` / ``text_start`` / ``n_queries`` place them
+exactly; every length is still checked.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ class Geometry:
     prompt_len: int = 0
     n_total: int = 0  # joint orders: the exact sequence length of an image→text call (0: not checked)
     family: str = ""  # for messages
+    img_start: int | None = None  # first target-image row (joint: in the sequence; cross: among the queries)
+    text_start: int | None = None  # joint orders: first key of the text span (default: the order's own)
+    n_queries: int = 0  # cross: exact query count of a text cross-attention call (0: the target's tokens)
+
+    @property
+    def n_q(self) -> int:
+        """Queries of an image→text cross-attention call (target tokens plus any appended/prepended ones)."""
+        return self.n_queries or self.n_img
 
     @property
     def n_img(self) -> int:
@@ -111,20 +122,22 @@ def located(geom: Geometry, lq: int, lk: int, ambiguous_odd: bool = True) -> Loc
     are shorter than text span + image grid; a call at least that long must have exactly the family's
     length (``n_total``: text, image, padding and reference tokens), else LayoutError — a variant whose
     layout is unknown is refused, never mislabelled. Cross-attention: a call with the text's key count
-    must have the image's query count, else LayoutError. A call whose query and key counts both equal the
-    text and image counts is ambiguous (self-attention looks the same); ``ambiguous_odd`` says which the
-    caller decided.
+    must have the family's query count (``n_q``), else LayoutError. A call whose query and key counts both
+    equal the text and query counts is ambiguous (self-attention looks the same); ``ambiguous_odd`` says
+    which the caller decided.
     """
     n_img, n_text = geom.n_img, geom.n_text
+    start = geom.img_start or 0
     if geom.order == "cross":
         if lk != n_text or (lq == lk and not ambiguous_odd):
             return None
-        if lq != n_img:
+        if lq != geom.n_q:
             raise LayoutError(
                 f"Attention Focus does not know this {geom.family or 'model'} layout: a cross-attention call over the "
-                f"{n_text} text tokens has {lq} queries where the {n_img} image tokens were expected (an input that "
-                "adds frames or reference tokens). Remove the Attention Focus nodes from this model's chain")
-        return Located(slice(0, n_img), 0, False)
+                f"{n_text} text tokens has {lq} queries where the {n_img} image tokens"
+                f"{f' + {geom.n_q - n_img} reference tokens' if geom.n_q > n_img else ''} were expected (an input "
+                "that adds frames or reference tokens). Remove the Attention Focus nodes from this model's chain")
+        return Located(slice(start, start + n_img), 0, False)
     if lq != lk or lk < n_text + n_img:
         return None
     if geom.n_total and lk != geom.n_total:
@@ -134,5 +147,7 @@ def located(geom: Geometry, lq: int, lk: int, ambiguous_odd: bool = True) -> Loc
             f"{f' + {geom.n_total - n_text - n_img} reference/padding' if geom.n_total > n_text + n_img else ''}). "
             "It is a variant the pack cannot label yet; remove the Attention Focus nodes from this model's chain")
     if geom.order == "txt_first":
-        return Located(slice(n_text, n_text + n_img), 0, True)
-    return Located(slice(0, n_img), n_img, True)
+        rows = geom.img_start if geom.img_start is not None else n_text
+        return Located(slice(rows, rows + n_img), geom.text_start or 0, True)
+    base = geom.text_start if geom.text_start is not None else start + n_img
+    return Located(slice(start, start + n_img), base, True)

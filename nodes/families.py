@@ -1,126 +1,94 @@
 """Everything the hooks know about a model family: which family a model is, its attention layers, and
 the token geometry of one model call.
 
-Duck-typed on the ComfyUI module classes (by class name and attributes), so this file imports nothing
-from ComfyUI. One ``FamilySpec`` per supported diffusion-model class; ``geometry`` turns the inputs
-of one model call (latent shape, context, extra conditioning) into a ``dit_layout.Geometry``;
-``model_spec`` / ``model_layers`` / ``model_family`` answer the same questions for a ModelPatcher.
+Duck-typed on the ComfyUI module classes (by structure: attributes, submodules and class names in the MRO), so
+this file imports nothing from ComfyUI. The family modules (``families_image``, ``families_video``) detect
+their families and give each one's exact layout; here they are put together: ``family_spec`` (module →
+``FamilySpec``), ``geometry`` (one model call → ``dit_layout.Geometry``, refusing known layout-changing inputs
+by name, ``_REFUSED_INPUTS``), ``prompt_length`` / ``text_lead``, and ``model_spec`` / ``model_layers`` /
+``model_family`` for a ModelPatcher. Families that only newer ComfyUI has, or whose layout the pack does not
+label, are refused by name with the reason (``REFUSED_MODELS``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .dit_layout import Geometry, TextPart, patch_grid, text_first
+from . import families_image, families_video
+from .dit_layout import Geometry
 from .errors import AttentionFocusError
+from .family_base import FamilySpec, length, mro_names, refuse
 from .layer_spec import LayerKey, describe_layers, select_layers
+
+__all__ = ["FamilySpec", "family_spec", "geometry", "prompt_length", "text_lead", "expected_context_dim",
+           "model_family", "model_spec", "model_layers", "unet_layers", "resolve_layers", "refusal"]
 
 UNET_NAMES = ("UNetModel",)
 
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """What the hooks need to know of one diffusion-model class."""
-
-    name: str  # human name, e.g. "Flux"
-    kind: str  # unet | dit
-    layers: tuple[LayerKey, ...] = ()
-    order: str = "txt_first"
-    patch: int = 2
-    registers: int = 0
-    pad_multiple: int | None = None
-    routed: bool = True  # its attention reaches optimized_attention_override by itself
-    block_ids: bool = False  # ComfyUI (0.3.75+) puts block_type/block_index in transformer_options
-    context_attr: str = ""  # module whose in_features is the expected text feature size
-
-
 # supported DiT families, for messages and the README
-DIT_FAMILIES = ("SD3 / SD3.5", "Flux.1 / Flux Kontext", "Chroma", "AuraFlow", "Qwen-Image", "Lumina 2 / Z-Image",
-                "Wan 2.x", "HiDream", "HunyuanDiT")
+DIT_FAMILIES = ("SD3 / SD3.5", "Flux.1 / Flux Kontext", "Flux.2 (dev, Klein)", "Chroma", "Chroma Radiance", "AuraFlow",
+                "Qwen-Image", "Lumina 2 / Z-Image", "Wan 2.x (+ Camera, HuMo, Animate)", "HiDream", "HunyuanDiT",
+                "HunyuanVideo 1.0 / I2V / 1.5", "HunyuanImage 2.1 (+ refiner)", "PixArt α/Σ", "Omnigen2",
+                "Cosmos Predict2", "LTX-Video", "Mochi")
+
+_DETECTORS = families_image.DETECTORS + families_video.DETECTORS
+_GEOMETRY = {**families_image.GEOMETRY, **families_video.GEOMETRY}
+
+# classes refused by name (diffusion-model class or model_base class, anywhere in the MRO): name → (family, why)
+REFUSED_MODELS = {
+    "VaceWanModel": ("Wan VACE", families_video.WAN_REFUSED_PARTS[0][1]),
+    "WanModel_S2V": ("Wan S2V", families_video.WAN_REFUSED_PARTS[1][1]),
+    # only in newer ComfyUI than the tested 0.3.75: not yet verified
+    "LongCatImage": ("LongCat-Image", "not yet verified (a Flux-class model with its own RoPE offsets and text "
+                                      "encoder; only newer ComfyUI has it)"),
+    "Kandinsky5": ("Kandinsky 5", "not yet verified (only newer ComfyUI has it)"),
+    "LTXAVModel": ("LTX-2", "not yet verified (audio and video share one packed latent and attend to each other; "
+                            "only newer ComfyUI has it)"),
+    "MageFlowTransformer2DModel": ("MageFlow", "not yet verified (only newer ComfyUI has it)"),
+    "NextDiTPixelSpace": ("Z-Image pixel space", "not yet verified (only newer ComfyUI has it)"),
+    "QwenImage21Transformer2DModel": ("Qwen-Image 2.1", "not yet verified (block-causal segmented attention over "
+                                                        "[text, references, target]; only newer ComfyUI has it)"),
+    "SCAILWanModel": ("Wan SCAIL", "not yet verified (reference frames before the video, pose tokens after it)"),
+    "SCAIL2WanModel": ("Wan SCAIL", "not yet verified (reference frames before the video, pose tokens after it)"),
+    "WanAnimate2Model": ("Wan Animate 2", "not yet verified (a separate pose branch with its own attention calls)"),
+    "WanDancerModel": ("WanDancer", "not yet verified (extra reference CLIP tokens in the context)"),
+    "CausalWanModel": ("Wan causal / autoregressive", "not yet verified (key/value cache: keys outnumber queries)"),
+}
 
 
-def _n(mod, attr: str) -> int:
-    seq = getattr(mod, attr, None)
-    return len(seq) if seq is not None else 0
-
-
-def _keys(kind: str, n: int, level: int, skip=()) -> list[LayerKey]:
-    return [LayerKey(kind, i, 0, level) for i in range(n) if i not in skip]
-
-
-def _patch(dm, default: int = 2) -> int:
-    p = getattr(dm, "patch_size", default)
-    if isinstance(p, (tuple, list)):
-        p = p[-1]
-    return int(p)
-
-
-def family_spec(dm) -> FamilySpec | None:
-    """The spec of a diffusion model (``model.model.diffusion_model``), or None if unsupported."""
-    name = type(dm).__name__
-    if name in UNET_NAMES:
-        return FamilySpec("UNet", "unet")
-    p = _patch(dm)
-    lvl = max(0, p.bit_length() - 1)
-    if name == "OpenAISignatureMMDITWrapper":
-        n = _n(dm, "joint_blocks")
-        return FamilySpec("SD3", "dit", tuple(_keys("double", n, lvl)), "txt_first", p,
-                          int(getattr(dm, "register_length", 0) or 0), context_attr="context_embedder")
-    if name in ("Flux", "Chroma"):
-        skip_d = tuple(getattr(dm, "skip_mmdit", ()) or ())
-        skip_s = tuple(getattr(dm, "skip_dit", ()) or ())
-        layers = _keys("double", _n(dm, "double_blocks"), lvl, skip_d) + _keys("single", _n(dm, "single_blocks"),
-                                                                              lvl, skip_s)
-        return FamilySpec(name, "dit", tuple(layers), "txt_first", p, context_attr="txt_in", block_ids=True)
-    if name == "MMDiT" and hasattr(dm, "register_tokens"):
-        layers = _keys("double", _n(dm, "double_layers"), lvl) + _keys("single", _n(dm, "single_layers"), lvl)
-        return FamilySpec("AuraFlow", "dit", tuple(layers), "txt_first", p, int(dm.register_tokens.shape[1]),
-                          context_attr="cond_seq_linear")
-    if name == "QwenImageTransformer2DModel":
-        return FamilySpec("Qwen-Image", "dit", tuple(_keys("double", _n(dm, "transformer_blocks"), lvl)),
-                          "txt_first", p, context_attr="txt_in", block_ids=True)
-    if name == "NextDiT":
-        return FamilySpec("Lumina 2", "dit", tuple(_keys("single", _n(dm, "layers"), lvl)), "txt_first", p,
-                          pad_multiple=getattr(dm, "pad_tokens_multiple", None))
-    if name == "WanModel":
-        return FamilySpec("Wan", "dit", tuple(_keys("block", _n(dm, "blocks"), lvl)), "cross", p,
-                          context_attr="text_embedding.0")
-    if name == "HiDreamImageTransformer2DModel":
-        layers = (_keys("double", _n(dm, "double_stream_blocks"), lvl)
-                  + _keys("single", _n(dm, "single_stream_blocks"), lvl))
-        return FamilySpec("HiDream", "dit", tuple(layers), "img_first", p)
-    if name == "HunYuanDiT":
-        return FamilySpec("HunyuanDiT", "dit", tuple(_keys("block", _n(dm, "blocks"), lvl)), "cross", p,
-                          routed=False)
+def refusal(dm, base=None) -> tuple[str, str] | None:
+    """(family, reason) when the diffusion module ``dm`` (or its ``model_base`` model ``base``) is refused by name
+    or by a structural part the pack does not label; None otherwise."""
+    names = mro_names(dm) | (mro_names(base) if base is not None else set())
+    for name, why in REFUSED_MODELS.items():
+        if name in names:
+            return why
+    if "WanModel" in names or hasattr(dm, "text_embedding"):
+        for attr, why in families_video.WAN_REFUSED_PARTS:
+            if getattr(dm, attr, None) is not None:
+                return why.split(" (")[0], why
     return None
 
 
-def _len(t, dim: int = 1) -> int:
-    return int(t.shape[dim]) if isinstance(t, torch.Tensor) and t.ndim > dim else 0
+def family_spec(dm, base=None) -> FamilySpec | None:
+    """The spec of a diffusion model (``model.model.diffusion_model``; ``base`` = ``model.model``), or None if it is
+    unsupported or refused (``refusal`` says why)."""
+    if type(dm).__name__ in UNET_NAMES:
+        return FamilySpec("UNet", "unet")
+    if dm is None or refusal(dm, base) is not None:
+        return None
+    base_names = mro_names(base) if base is not None else set()
+    for detect in _DETECTORS:
+        spec = detect(dm, base_names)
+        if spec is not None:
+            return spec
+    return None
 
 
-def _ref_tokens(refs, patch: int) -> int:
-    """Tokens of reference latents appended after the target image (Flux Kontext, Qwen-Image-Edit)."""
-    total = 0
-    for r in refs or []:
-        if isinstance(r, torch.Tensor) and r.ndim >= 4:
-            frames = int(r.shape[2]) if r.ndim == 5 else 1
-            total += frames * math.ceil(int(r.shape[-2]) / patch) * math.ceil(int(r.shape[-1]) / patch)
-    return total
-
-
-def _refuse(spec: FamilySpec, what: str) -> None:
-    raise AttentionFocusError(
-        f"Attention Focus does not support {what} on {spec.name} yet: its image tokens are not laid out as the "
-        "pack knows (maps and reweighting would be wrong). Remove the Attention Focus nodes from this model's "
-        "chain for this workflow")
-
-
-# model inputs that change a family's token layout in ways the pack does not label: (family, kwarg, variant)
+# model inputs that change a family's token layout in ways the pack does not label: (family, kwarg, variant);
+# the family matches every spec whose name starts with it ("Wan" covers Wan Camera, HuMo, Animate)
 _REFUSED_INPUTS = (
     ("HiDream", "image_cond", "HiDream-E1 editing (the edited and the reference image share the token rows)"),
     ("Lumina 2", "ref_latents", "Z-Image Omni / edit (reference images, SigLIP tokens, target image last)"),
@@ -133,23 +101,33 @@ _REFUSED_INPUTS = (
     ("Wan", "context_latents", "Wan in-context reference latents"),
     ("Wan", "vace_context", "Wan VACE control streams"),
     ("Flux", "post_input", "USO style reference (SigLIP tokens before the prompt)"),
+    ("Qwen-Image", "post_input", "USO-style input patches (tokens before the prompt)"),
+    ("Cosmos Predict2", "post_input", "input patches (tokens before the video)"),
+    ("LTX-Video", "keyframe_idxs", "LTX-Video keyframe guides (guide frames appended to the video tokens)"),
+    ("LTX-Video", "guide_attention_entries", "LTX-Video guide attention (the self-attention split by guides)"),
 )
+_PATCH_INPUTS = ("post_input",)  # keys of transformer_options["patches"], not model inputs
+
+
+def _allowed(spec: FamilySpec, key: str) -> bool:
+    """Inputs a family variant lays out itself (HuMo's reference frames follow the video)."""
+    return key == "reference_latent" and spec.has("humo")
 
 
 def _check_inputs(spec: FamilySpec, x: torch.Tensor, extra: dict[str, Any], to: dict | None) -> None:
     """Refuse, by name, the variants of a family whose layout differs from what ``geometry`` describes."""
     if extra.get("latent_shapes") is not None:
-        _refuse(spec, "packed multi-stream latents (audio + video)")
+        refuse(spec, "packed multi-stream latents (audio + video)")
     patches = (to or {}).get("patches", {}) or {}
     for family, key, variant in _REFUSED_INPUTS:
-        if family == spec.name:
-            value = patches.get(key) if key == "post_input" else extra.get(key)
+        if spec.name.startswith(family) and not _allowed(spec, key):
+            value = patches.get(key) if key in _PATCH_INPUTS else extra.get(key)
             if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 0):
-                _refuse(spec, variant)
+                refuse(spec, variant)
     if spec.name == "Qwen-Image" and x.ndim == 5 and int(x.shape[2]) != 1:
-        _refuse(spec, f"a {int(x.shape[2])}-frame latent (Qwen-Image-Layered)")
+        refuse(spec, f"a {int(x.shape[2])}-frame latent (Qwen-Image-Layered)")
     if spec.name == "Lumina 2" and x.ndim == 5:
-        _refuse(spec, "video latents (Ming-Image)")
+        refuse(spec, "video latents (Ming-Image)")
 
 
 def geometry(spec: FamilySpec, x: torch.Tensor, context: torch.Tensor | None, extra: dict[str, Any],
@@ -159,36 +137,24 @@ def geometry(spec: FamilySpec, x: torch.Tensor, context: torch.Tensor | None, ex
     ``dit_layout.located``); AttentionFocusError for a known variant the pack does not label (``_REFUSED_INPUTS``).
     """
     _check_inputs(spec, x, extra, to)
-    frames = int(x.shape[2]) if x.ndim == 5 else 1
-    grid = patch_grid(int(x.shape[-2]), int(x.shape[-1]), spec.patch)
-    n_ctx = _len(context)
-    if spec.name == "HiDream":
-        n_llama = _len(extra.get("encoder_hidden_states_llama3"), 2)
-        # per block: [image, T5, last Llama layer, this block's Llama layer]; prompt = T5 then Llama tokens,
-        # and both Llama copies of a token add up on its position
-        parts = (TextPart(0, n_ctx, 0), TextPart(n_ctx, n_llama, n_ctx), TextPart(n_ctx + n_llama, n_llama, n_ctx))
-        n_text = n_ctx + 2 * n_llama
-        return Geometry("img_first", n_text, parts, grid, frames, n_ctx + n_llama,
-                        n_text + frames * grid[0] * grid[1], spec.name)
-    if spec.name == "HunyuanDiT":
-        n_t5 = _len(extra.get("encoder_hidden_states_t5"))
-        return Geometry("cross", n_ctx + n_t5, (TextPart(0, n_ctx + n_t5, 0),), grid, frames, n_ctx + n_t5,
-                        family=spec.name)
-    if spec.order == "cross":
-        return Geometry("cross", n_ctx, (TextPart(0, n_ctx, 0),), grid, frames, n_ctx, family=spec.name)
-    refs = _ref_tokens(extra.get("ref_latents"), spec.patch) if spec.name in ("Flux", "Qwen-Image") else 0
-    return text_first(spec.registers + n_ctx, n_ctx, grid, spec.registers, spec.pad_multiple, refs, spec.name)
+    return _GEOMETRY[spec.name](spec, x, context, extra)
 
 
 def prompt_length(spec: FamilySpec, cond: dict) -> int:
-    """Prompt positions one conditioning entry contributes (what its token table must cover)."""
+    """Prompt positions one conditioning entry contributes (what its token table must cover): its context, as the
+    model sees it (Flux.2: left-padded to 512), plus a second text input where the family has one."""
     ctx = cond.get("cross_attn")
-    n = _len(ctx) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
-    if spec.name == "HiDream":
-        n += _len(cond.get("conditioning_llama3"), 2)
-    elif spec.name == "HunyuanDiT":
-        n += _len(cond.get("conditioning_mt5xl"))
-    return n
+    n = length(ctx) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
+    n += text_lead(spec, cond)
+    return n + families_image.prompt_extra(spec, cond) + families_video.prompt_extra(spec, cond)
+
+
+def text_lead(spec: FamilySpec, cond: dict) -> int:
+    """Positions the model puts before the prompt's own tokens (Flux.2 pads the context on the left to 512)."""
+    ctx = cond.get("cross_attn")
+    if not spec.text_pad_to or not isinstance(ctx, torch.Tensor) or ctx.ndim != 3:
+        return 0
+    return max(0, spec.text_pad_to - int(ctx.shape[1]))
 
 
 def expected_context_dim(dm, spec: FamilySpec) -> int | None:
@@ -207,7 +173,6 @@ def expected_context_dim(dm, spec: FamilySpec) -> int | None:
 # ---------------------------------------------------------------------------------------------------
 # ModelPatcher-level questions
 
-UNSUPPORTED_BASES = ("Flux2",)  # Flux.2: Mistral text left-padded to 512 inside the model
 SUPPORTED = "SD1.x, SD2.x, SDXL (UNet) and the DiTs " + ", ".join(DIT_FAMILIES)
 
 
@@ -217,8 +182,11 @@ def model_family(model) -> str:
     name = type(cfg).__name__ if cfg is not None else type(model.model).__name__
     dm = getattr(model.model, "diffusion_model", None)
     if type(dm).__name__ not in UNET_NAMES:
-        spec = family_spec(dm)
-        return spec.name if spec is not None else f"{name} ({type(dm).__name__})"
+        spec = family_spec(dm, model.model)
+        if spec is not None:
+            return spec.name
+        refused = refusal(dm, model.model) if dm is not None else None
+        return refused[0] if refused is not None else f"{name} ({type(dm).__name__})"
     if name.startswith("SDXL") or name in ("SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"):
         return "sdxl"
     if name.startswith(("SD2", "SD20", "SD21")):
@@ -229,10 +197,12 @@ def model_family(model) -> str:
 def model_spec(model) -> FamilySpec:
     """The family spec of a ModelPatcher's model; AttentionFocusError naming the family if unsupported."""
     dm = getattr(model.model, "diffusion_model", None)
-    spec = family_spec(dm)
-    if type(model.model).__name__ in UNSUPPORTED_BASES:  # same module class, different text layout
-        spec = None
+    spec = family_spec(dm, model.model)
     if spec is None:
+        refused = refusal(dm, model.model) if dm is not None else None
+        if refused is not None:
+            raise AttentionFocusError(f"Attention Focus does not support {refused[0]} ({type(dm).__name__}): "
+                                      f"{refused[1]}. Supported: {SUPPORTED}.")
         cfg = getattr(model.model, "model_config", None)
         name = type(cfg).__name__ if cfg is not None else type(model.model).__name__
         raise AttentionFocusError(f"Attention Focus does not support the {name} model family "

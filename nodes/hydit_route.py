@@ -11,7 +11,16 @@ from __future__ import annotations
 
 def route_cross_attention(m, current, log) -> None:
     """Object-patch every ``attn2.forward`` of a HunyuanDiT clone ``m`` with a copy that reaches the override;
-    ``current`` holds the running call's transformer_options (set by the APPLY_MODEL wrapper)."""
+    ``current`` holds the running call's transformer_options (set by the APPLY_MODEL wrapper). Other unrouted
+    families have their own route module (PixArt: ``pixart_route``)."""
+    from .families import family_spec
+
+    spec = family_spec(m.model.diffusion_model, m.model)
+    if spec is not None and spec.route == "pixart":
+        from .pixart_route import route_cross_attention as route_pixart
+
+        route_pixart(m, current, log)
+        return
     for i, block in enumerate(m.model.diffusion_model.blocks):
         attn = getattr(block, "attn2", None)
         if attn is None:

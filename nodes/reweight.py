@@ -3,7 +3,8 @@
 ``scale``: the chosen tokens' value rows × w, which equals scaling their post-softmax probabilities by w
 without renormalising (P2P's reweighting; w may be 0 or negative). ``renormalize``: log w added to their
 logits, so each query's attention still sums to 1. On joint attention (DiTs) only the image queries are
-reweighted, as in UNet cross-attention; text and reference-image queries keep their original call.
+reweighted, as in UNet cross-attention; text and reference-image queries keep their original call (in a
+cross-attention whose queries include reference tokens too, such as Wan HuMo's, likewise).
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class Reweighter:
             q, k, v, heads, bhld, mask = cp.split_args(args, kwargs)
             w = self.row_weights(st, info, q.shape[0], k.shape[2] if bhld else k.shape[1], q.device)
             if w is not None:
-                if info.joint and info.rows is not None:
+                lq = q.shape[2] if bhld else q.shape[1]
+                if info.rows is not None and (info.joint or info.rows.stop - info.rows.start != lq):
+                    # only the target image's queries (joint attention; HuMo's reference frame after the video)
                     return _call_rows_weighted(prev, func, args, kwargs, w, self.mode, bhld, info.rows)
                 args, kwargs = apply_weights(args, kwargs, w, self.mode, bhld, q)
         return cp.call_next(prev, func, args, kwargs)

@@ -20,9 +20,10 @@ import torch
 from .capture_store import PromptInfo, Region
 from .cond_tokens import tokens_for_conditioning
 from .errors import AttentionFocusError
-from .families import FamilySpec, expected_context_dim, geometry, prompt_length
+from .families import FamilySpec, expected_context_dim, geometry, prompt_length, text_lead
 from .hook_state import FWD_KEY, TOKENS_KEY, ForwardInfo, RunState, SharedState, state_of
 from .provenance import Origin, node_signature
+from .token_pieces import lead_padded
 
 log = logging.getLogger("attention_focus")
 
@@ -155,10 +156,13 @@ def _prompts(guider, st: SharedState) -> dict[str, PromptInfo]:
                 continue
             ctx = c.get("cross_attn")
             length = int(ctx.shape[1]) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
+            lead = 0
             if st.spec.kind == "dit":
                 _check_context(guider, st.spec, branch, ctx)
                 length = prompt_length(st.spec, c)
-            tokens, note = tokens_for_conditioning(ctx, c.get(TOKENS_KEY), length)
+                lead = text_lead(st.spec, c)  # Flux.2: the model pads the prompt on the left
+            tokens, note = tokens_for_conditioning(ctx, c.get(TOKENS_KEY), length - lead)
+            tokens = lead_padded(tokens, lead)
             if note:
                 log.warning("Attention Focus (%s prompt): %s", branch, note)
             prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note)

@@ -18,10 +18,14 @@ g+l+t5xxl+llama       HiDream                       T5 128 (first chunk); Llama 
 t5xxl                 Chroma, PixArt, Cosmos, ...   T5 as tokenized (Chroma: no padding)
 pile_t5xl             AuraFlow                      Pile-T5 ≥ 256
 umt5xxl               Wan 2.x                       UMT5 ≥ 512
-qwen25_7b (+byt5)     Qwen-Image, HunyuanImage      chat template; starts after ``<|im_start|>user\\n``
-                                                    (the encoder drops the system part), ends with the
-                                                    template suffix
+qwen25_7b (+byt5)     Qwen-Image, HunyuanImage 2.1, chat template; starts after ``<|im_start|>user\\n``
+                      HunyuanVideo 1.5              (the encoder drops the system part), ends with the
+                                                    template suffix; HunyuanImage/Video: then the ByT5
+                                                    glyph tokens (``conditioning_byt5small``) if loaded
+l+llama               HunyuanVideo 1.0              Llama 3: the user part of the template, through its
+                                                    ``<|eot_id|>`` (the encoder cuts the rest)
 qwen3_4b / qwen25_3b  Z-Image / OmniGen2            whole chat template
+qwen3_4b / qwen3_8b   Flux.2 Klein                  whole chat template, padded to 512 by the tokenizer
 gemma2_2b / gemma3_4b Lumina 2 / NewBie             BOS + the text; a system prompt before
                                                     ``<Prompt Start>`` is template
 hydit_clip+mt5xl      HunyuanDiT                    BERT ≥ 77 is the context; mT5 ≥ 256 is
@@ -46,13 +50,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .token_pieces import build_table, piece_text
-from .token_table import TokenTable, concat_tables, normalize_text, positional_table
-
-# Qwen2 chat-template ids that ComfyUI's QwenImageTEModel looks for (qwen_image.py, encode_token_weights)
-_QWEN_IM_START, _QWEN_USER, _QWEN_NEWLINE = 151644, 872, 198
-_MISTRAL_MARKERS = {"[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"}
-_LUMINA_MARKER = "<Prompt Start>"
+from .text_templates import (LUMINA_MARKER, byt5_template, chatml_template, llama3_user_span, mistral_template,
+                             prefix_through, qwen_template_end)
+from .token_pieces import build_table
+from .token_table import TokenTable, concat_tables, positional_table
 
 
 class LayoutUnknown(Exception):
@@ -69,6 +70,7 @@ class Block:
     tokenizer: Any  # the SDTokenizer of that key
     cond: str = "c_crossattn"  # which model input the positions feed
     cut: int = 0  # leading token positions the encoder drops (Qwen-Image's template prefix)
+    stop: int | None = None  # positions from here on are dropped by the encoder (HunyuanVideo 1.0's template end)
     template: str = ""  # "chatml", "mistral", "lumina": which tokens are template text
 
 
@@ -168,14 +170,32 @@ def describe_layout(tokens: Mapping[str, list], wrapper: Any, model: Any = None)
     if keys in ({"qwen25_7b"}, {"qwen25_7b", "byt5"}):
         b = block("qwen25_7b", template="chatml")
         hunyuan = _named(model, "HunyuanImageTEModel") or _named(wrapper, "HunyuanImageTokenizer")
-        b.cut = _qwen_template_end([_as_id(e[0]) for c in b.chunks for e in c], hunyuan)
-        return Layout("qwen_image", [b], {})
+        b.cut = qwen_template_end([_as_id(e[0]) for c in b.chunks for e in c], hunyuan)
+        if not hunyuan:
+            return Layout("qwen_image", [b], {})
+        # HunyuanImage 2.1 / HunyuanVideo 1.5: quoted text also goes to the ByT5 glyph encoder
+        # (conditioning_byt5small, after the Qwen tokens in the prompt), when that encoder is loaded
+        blocks = [b]
+        if "byt5" in keys and _loaded(model, "byt5_small"):
+            blocks.append(block("byt5", cond="conditioning_byt5small", template="byt5"))
+        name = "hunyuan_video_15" if _named(wrapper, "HunyuanVideo15Tokenizer") else "hunyuan_image"
+        return Layout(name, blocks, {})
+    if keys == {"l", "llama"}:  # HunyuanVideo 1.0: the Llama-3 hidden states of the user part of its template
+        b = block("llama", template="llama3")
+        b.cut, b.stop = llama3_user_span([_as_id(e[0]) for e in b.chunks[0]] if b.chunks else [])
+        if len(b.chunks) > 1:
+            raise LayoutUnknown("the HunyuanVideo Llama prompt spans several chunks")
+        return Layout("hunyuan_video", [b], {})
     if len(keys) == 1:
         (key,) = keys
         simple = {"t5xxl": "t5", "pile_t5xl": "auraflow", "umt5xxl": "wan"}
         if key in simple:
             return Layout(simple[key], [block(key)], {})
-        if key in ("qwen3_4b", "qwen25_3b"):
+        if key in ("qwen3_4b", "qwen3_8b", "qwen25_3b"):
+            if _named(wrapper, "KleinTokenizer"):  # Flux.2 Klein: padded to 512 by the tokenizer itself
+                return Layout("flux2_klein", [block(key, template="chatml")], {})
+            if key == "qwen3_8b":
+                raise LayoutUnknown("no token layout is known for this Qwen3-8B text encoder")
             return Layout("z_image" if key == "qwen3_4b" else "omnigen2", [block(key, template="chatml")], {})
         if key in ("gemma2_2b", "gemma3_4b"):
             return Layout("lumina2", [block(key, template="lumina")], {})
@@ -212,11 +232,16 @@ def _block_table(b: Block, text: str) -> TokenTable:
     specials = _special_ids(sub, ids)
     marks: set[int] = set()
     if b.template == "chatml":
-        marks = _chatml_template(ids, inv, specials, scheme)
+        marks = chatml_template(ids, inv, specials, scheme)
     elif b.template == "mistral":
-        marks = _mistral_template(ids, inv)
+        marks = mistral_template(ids, inv)
+    elif b.template == "byt5":
+        marks = byt5_template(ids, inv)
     elif b.template == "lumina":
-        marks = _prefix_through(ids, inv, specials, scheme, _LUMINA_MARKER)
+        marks = prefix_through(ids, inv, specials, scheme, LUMINA_MARKER)
+    if b.stop is not None:
+        chunks = _keep_leading(chunks, b.stop)
+        marks = {m for m in marks if m < b.stop}
     if b.cut:
         chunks = _drop_leading(chunks, b.cut)
         marks = {m - b.cut for m in marks if m >= b.cut}
@@ -268,6 +293,16 @@ def _drop_leading(chunks: list[list[tuple]], n: int) -> list[list[tuple]]:
     return out
 
 
+def _keep_leading(chunks: list[list[tuple]], n: int) -> list[list[tuple]]:
+    out = []
+    for c in chunks:
+        if n <= 0:
+            break
+        out.append(c[:n])
+        n -= len(c)
+    return out
+
+
 def _scheme(sub: Any, inv: Mapping[int, str]) -> str:
     cls = type(getattr(sub, "tokenizer", None)).__name__
     if cls.startswith("Bert"):
@@ -306,98 +341,6 @@ def _special_ids(sub: Any, ids: Sequence[int | None]) -> set[int]:
     out.discard(unk)
     out.update(t for t in (getattr(sub, "start_token", None), getattr(sub, "end_token", None)) if isinstance(t, int))
     return out
-
-
-def _texts(ids: Sequence[int | None], inv: Mapping[int, str], scheme: str) -> list[str]:
-    return [piece_text(str(inv.get(i, "")), scheme) if i is not None else "" for i in ids]
-
-
-def _chatml_template(ids: Sequence[int | None], inv: Mapping[int, str], specials: set[int],
-                     scheme: str) -> set[int]:
-    """Positions of chat-template text: ``<|im_start|>role\\n`` headers, ``<|im_end|>`` and the newline
-    after it, special tokens, and the content of every block whose role is not ``user``."""
-    pieces = [str(inv.get(i, "")) if i is not None else "" for i in ids]
-    texts = _texts(ids, inv, scheme)
-    marks: set[int] = set()
-    role: str | None = None  # None: outside any block (plain text counts as the user's)
-    i, n = 0, len(ids)
-    while i < n:
-        if pieces[i] == "<|im_start|>":
-            j = i + 1
-            while j < n and j <= i + 8 and "\n" not in texts[j]:
-                j += 1
-            if j < n and "\n" in texts[j]:
-                marks.update(range(i, j + 1))
-                role = "".join(texts[i + 1: j]).strip().lower()
-                i = j + 1
-            else:
-                marks.add(i)
-                role = ""
-                i += 1
-            continue
-        if pieces[i] == "<|im_end|>":
-            marks.add(i)
-            role = None
-            if i + 1 < n and texts[i + 1] and not texts[i + 1].strip():
-                marks.add(i + 1)
-                i += 1
-        elif (ids[i] is not None and ids[i] in specials) or (role is not None and role != "user"):
-            marks.add(i)
-        i += 1
-    return marks
-
-
-def _mistral_template(ids: Sequence[int | None], inv: Mapping[int, str]) -> set[int]:
-    """Positions of Mistral's ``[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`` block and ``[INST]`` markers."""
-    marks: set[int] = set()
-    in_system = False
-    for i, t in enumerate(ids):
-        piece = str(inv.get(t, "")) if t is not None else ""
-        if piece == "[SYSTEM_PROMPT]":
-            in_system = True
-        if in_system or piece in _MISTRAL_MARKERS:
-            marks.add(i)
-        if piece == "[/SYSTEM_PROMPT]":
-            in_system = False
-    return marks
-
-
-def _prefix_through(ids: Sequence[int | None], inv: Mapping[int, str], specials: set[int], scheme: str,
-                    marker: str) -> set[int]:
-    """Positions from the start through the token that ends ``marker`` (Lumina's system prompt and its
-    ``<Prompt Start>``); empty when the text has no marker."""
-    chars: list[str] = []
-    owner: list[int] = []
-    for i, t in enumerate(_texts(ids, inv, scheme)):
-        if ids[i] is None or ids[i] in specials:
-            continue
-        norm = normalize_text(t)
-        chars.append(norm)
-        owner.extend([i] * len(norm))
-    target = normalize_text(marker)
-    k = "".join(chars).find(target)
-    if k < 0:
-        return set()
-    return set(range(owner[k + len(target) - 1] + 1))
-
-
-def _qwen_template_end(ids: Sequence[int | None], hunyuan_image: bool = False) -> int:
-    """How many leading positions ComfyUI's QwenImageTEModel drops (it keeps ``out[:, template_end:]``).
-
-    Same rule as the encoder: the second ``<|im_start|>`` (or the only one), moved past ``user\\n`` when
-    those follow; HunyuanImage's refiner prompts (starting with '<', id 27, longer than 36) drop 36.
-    """
-    n = len(ids)
-    if hunyuan_image and n > 36 and ids[0] == 27:
-        end = 36
-    else:
-        end, seen = -1, 0
-        for i, t in enumerate(ids):
-            if t == _QWEN_IM_START and seen < 2:
-                end, seen = i, seen + 1
-        if n > end + 3 and ids[end + 1] == _QWEN_USER and ids[end + 2] == _QWEN_NEWLINE:
-            end += 3
-    return end if end >= 0 else max(n + end, 0)  # -1 keeps only the last position, as out[:, -1:] does
 
 
 def _encoded_length(clip, text: str) -> int:

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from .token_table import EMBEDDING_RE, TokenRow, TokenTable, Word
+from .token_table import EMBEDDING_RE, TokenRow, TokenTable, Word, concat_tables
 
 SCHEMES = ("auto", "plain", "bytelevel", "sentencepiece", "wordpiece")
 
@@ -191,3 +191,18 @@ def build_table(
             pos += 1
     close()
     return TokenTable(rows, words, encoder=encoder, text=text)
+
+
+def lead_padded(table: TokenTable | None, n: int, piece: str = "<pad>") -> TokenTable | None:
+    """``table`` with ``n`` padding rows before it (special, no word): the positions a model puts before the
+    prompt itself (Flux.2 pads its context on the left to 512 tokens). Words keep their tokens, shifted by ``n``;
+    the meta says how many positions are padding."""
+    if table is None or n <= 0:
+        return table
+    stream = table.rows[0].stream if table.rows else ""
+    pad = TokenTable([TokenRow(i, piece, -1, 1.0, 0, True, 0, stream) for i in range(n)], [], encoder=table.encoder)
+    meta = {**table.meta, "lead_padding": n}
+    if "context_length" in meta:
+        meta["context_length"] = int(meta["context_length"]) + n
+    out = concat_tables([pad, table], encoder=table.encoder, text=table.text, meta=meta)
+    return out

@@ -1,5 +1,7 @@
 """Random-weight DiT models (SD3, SD3.5, Flux, Flux Kontext, Chroma, AuraFlow, Qwen-Image, Lumina 2, Wan 2.1,
-HiDream, HunyuanDiT) built from ComfyUI's own classes, plus stock-loader files for SD3 and Flux.
+HiDream, HunyuanDiT, and the families of ``harness.dit_fixtures_more``: Flux.2, Chroma Radiance, HunyuanVideo /
+HunyuanImage, Wan subclasses, PixArt, Omnigen2, Cosmos Predict2, LTX-Video, Mochi) built from ComfyUI's own
+classes, plus stock-loader files for SD3 and Flux.
 
 Two kinds of fixture, as in ``harness.fixtures`` (whose seeded helpers they use):
 
@@ -30,6 +32,7 @@ from typing import Any
 
 import torch
 
+from harness import dit_fixtures_more as more
 from harness.comfy_boot import boot
 from harness.fixtures import (
     QK_GAIN,
@@ -49,6 +52,7 @@ DIT_VERSION = "1"
 
 DIT_FAMILIES = ("sd3", "sd35", "flux", "flux_kontext", "chroma", "auraflow", "qwen_image", "lumina2", "wan21",
                 "hidream", "hunyuan_dit")
+MORE_FAMILIES = more.FAMILIES  # harness.dit_fixtures_more: their own tests in tests/comfy/test_dit_families.py
 
 # What the tiny models are and where their tokens sit. "layout": "text_first" = one joint attention over
 # [text, image] (registers, if any, first), "image_first" = [image, text], "cross" = image queries attend to
@@ -132,6 +136,7 @@ DIT_INFO: dict[str, dict[str, Any]] = {
     ),
 }
 
+DIT_INFO.update(more.INFO)
 _CONFIG_CLASS = {f: info["config"] for f, info in DIT_INFO.items()}
 
 _KONTEXT_REF_HW = (8, 8)
@@ -141,7 +146,7 @@ _HYDIT_PROMPT_TOKENS = (16, 16)  # BERT, mT5: tokens with mask 1 (the others get
 
 def _check_family(family: str) -> None:
     if family not in DIT_INFO:
-        raise ValueError(f"unknown family {family!r}; expected one of {DIT_FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {DIT_FAMILIES + MORE_FAMILIES}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -159,10 +164,13 @@ def _mmdit_config(depth: int, pos_max: int, **extra: Any) -> dict:
 
 
 # Fields that newer ComfyUI versions added, without a default, to the params dataclass of a family (0.8.0:
-# FluxParams.txt_ids_dims, ChromaParams.txt_ids_dims and .vec_in_dim), with the value model_detection gives a
-# Flux.1 / Chroma file. ``_complete_params`` fills them in only where the tree under test has such a field.
-_PARAMS_CLASS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams")}
-_DETECTED_DEFAULTS = {"txt_ids_dims": [], "vec_in_dim": None}
+# FluxParams.txt_ids_dims, ChromaParams.txt_ids_dims and .vec_in_dim; 0.33.0: ChromaRadianceParams.use_x0,
+# HunyuanVideoParams.meanflow_sum), with the value model_detection gives a Flux.1 / Chroma / Chroma Radiance /
+# HunyuanVideo file. ``_complete_params`` fills them in only where the tree under test has such a field.
+_PARAMS_CLASS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
+                 "chroma_radiance": ("comfy.ldm.chroma_radiance.model", "ChromaRadianceParams"),
+                 "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams")}
+_DETECTED_DEFAULTS = {"txt_ids_dims": [], "vec_in_dim": None, "use_x0": False, "meanflow_sum": False}
 
 
 def _params_fields(family: str) -> dict[str, inspect.Parameter]:
@@ -201,6 +209,10 @@ def dit_unet_config(family: str, **overrides: Any) -> dict:
     the sizes detection leaves at the class defaults). ``overrides`` replace entries (sd3/sd35: ``depth`` and
     ``pos_embed_max_size`` also resize the dependent entries)."""
     _check_family(family)
+    if family in more.INFO:
+        cfg = more.unet_config(family, _complete_params)
+        cfg.update(overrides)
+        return cfg
     if family in ("sd3", "sd35"):  # depth sets hidden (64 * depth) and heads; the pos table is square
         depth = overrides.pop("depth", 2 if family == "sd3" else 3)
         cfg = _mmdit_config(depth, overrides.pop("pos_embed_max_size", 64))
@@ -351,7 +363,7 @@ def _latent_format(family: str, patcher):
 
 
 def dit_conditioning(family: str, patcher=None, length: int | None = None, seed: int = 0, batch: int = 1, *,
-                     ref_hw: tuple[int, int] = _KONTEXT_REF_HW) -> list:
+                     ref_hw: tuple[int, int] = _KONTEXT_REF_HW, refs: tuple[int, int] | None = None) -> list:
     """A CONDITIONING ``[[context, extras]]`` shaped like the family's CLIPTextEncode output (N(0, 1) values).
 
     ``length``: text tokens (default DIT_INFO[family]["text_len"]); feature sizes come from ``patcher``'s
@@ -359,7 +371,9 @@ def dit_conditioning(family: str, patcher=None, length: int | None = None, seed:
     where the family's encoder has none) and every key ``extra_conds`` needs: sd3/sd35 pooled 2048;
     flux pooled 768 + guidance 3.5 (+ ``reference_latents`` [raw latent of ``ref_hw``] for flux_kontext);
     lumina2 ``attention_mask``; hidream pooled 2048 + ``conditioning_llama3`` [B, 32, L, 4096];
-    hunyuan_dit ``attention_mask`` [B, 77], ``conditioning_mt5xl`` [B, 256, 2048], ``attention_mask_mt5xl``.
+    hunyuan_dit ``attention_mask`` [B, 77], ``conditioning_mt5xl`` [B, 256, 2048], ``attention_mask_mt5xl``;
+    the families of ``harness.dit_fixtures_more`` as its ``conditioning`` says (``refs``: a reference latent of that
+    size for flux2 / wan_humo / omnigen2).
     """
     _check_family(family)
     cfg = _unet_config_of(family, patcher)
@@ -372,6 +386,9 @@ def dit_conditioning(family: str, patcher=None, length: int | None = None, seed:
         return torch.randn(batch, *shape, generator=gen)
 
     extras: dict[str, Any] = {"pooled_output": None}
+    if family in more.INFO:
+        ctx, extras = more.conditioning(family, cfg, n, rnd, batch, ref_hw=refs)
+        return [[ctx, extras]]
     if family in ("sd3", "sd35"):
         dim = cfg["context_embedder_config"]["params"]["in_features"]
         ctx = rnd(n, dim)
@@ -415,14 +432,14 @@ def dit_conditioning(family: str, patcher=None, length: int | None = None, seed:
     return [[ctx, extras]]
 
 
-def dit_latent(family: str, height: int, width: int, batch: int = 1) -> torch.Tensor:
+def dit_latent(family: str, height: int, width: int, batch: int = 1, frames: int = 1) -> torch.Tensor:
     """An empty (zero) latent of ``height`` x ``width`` cells: [B, C, H, W], or [B, 16, 1, H, W] for the
     Wan-VAE families (qwen_image, wan21) as the sampler sees it (EmptySD3LatentImage gives 4-d zeros there and
     comfy.sample.fix_empty_latent_channels adds the frame axis; EmptyHunyuanLatentVideo gives 5-d)."""
     _check_family(family)
     info = DIT_INFO[family]
     if info["latent_rank"] == 5:
-        return torch.zeros(batch, info["latent_channels"], 1, height, width)
+        return torch.zeros(batch, info["latent_channels"], frames, height, width)
     return torch.zeros(batch, info["latent_channels"], height, width)
 
 
