@@ -150,7 +150,9 @@ VARIANTS = [(f, 1, False) for f in FAMILIES] + [
     ("flux2", 1, True),  # reference image tokens after the target (Flux.2 edit / Klein edit)
     ("wan_humo", 1, True),  # HuMo's reference frame after the video
     ("omnigen2", 1, True),  # references before the target
-    ("hunyuan_video", 3, False),  # video: three latent frames, mean over frames
+    ("hunyuan_video", 3, False),  # video: three latent frames, mean over frames and each frame
+    ("hunyuan_video15", 2, False), ("cosmos_predict2", 3, False), ("ltxv", 3, False), ("mochi", 2, False),
+    ("wan_camera", 2, False),
 ]
 
 
@@ -179,6 +181,12 @@ def test_capture_matches_an_independent_float64_softmax(env, family, frames, ref
     assert res.meta["model_family"] == cp.model_family(mp)
     torch.testing.assert_close(_stored(maps, prompt_len), exp, atol=2e-5, rtol=1e-4)
     assert torch.isfinite(res.maps).all() and float(res.maps.min()) >= 0
+    if frames > 1:  # video: each frame's maps kept too (per patch, mean over layers, summed over steps)
+        per_patch, *_ = _expected_sum(rec, layout, prompt_len)
+        exp_f = (per_patch / n_layers).reshape(frames, -1, prompt_len).transpose(1, 2)
+        got_f = res.extra["frames"][0].double()
+        assert got_f.shape[:2] == (frames, prompt_len) and res.meta["frames"]["count"] == frames
+        torch.testing.assert_close(got_f.reshape(frames, prompt_len, -1), exp_f, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
