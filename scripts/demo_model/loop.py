@@ -19,7 +19,7 @@ def save_atomic(obj, path: Path) -> None:
 
 def run_loop(name: str, work: Path, total: int, step_fn: Callable[[int], dict[str, float]],
              get_state: Callable[[], dict], set_state: Callable[[dict], None], every_s: float = 180.0,
-             log_every: int = 25) -> float:
+             log_every: int = 25, position: int = 0) -> float:
     """Run ``step_fn(step)`` for steps [start, total); returns the loop's wall time in seconds (all resumes).
 
     ``work/<name>.pt`` holds ``get_state()`` plus the step and elapsed time, written every ``every_s``
@@ -45,7 +45,7 @@ def run_loop(name: str, work: Path, total: int, step_fn: Callable[[int], dict[st
     with open(log_path, "w" if fresh else "a", newline="") as f:
         writer = None
         bar = tqdm(range(start, total), initial=start, total=total, desc=name, dynamic_ncols=True,
-                   mininterval=2.0)
+                   mininterval=2.0, position=position)
         for step in bar:
             vals = step_fn(step)
             for k, v in vals.items():

@@ -28,22 +28,30 @@ POS_MAX = 32  # pos_embed table 32x32 patches: generation up to 512 px
 LATENT_CHANNELS = 16
 VAE_SCALE, VAE_SHIFT = 1.5305, 0.0609  # SD3's TAESD latent scale/shift (ComfyUI's VAELoader values for taesd3)
 CONTEXT_WIDTH = 4096
+POOLED_WIDTH = 2048
 
 
-def mmdit_config(depth: int, ctx_in: int) -> dict:
-    return dict(in_channels=16, out_channels=16, patch_size=2, depth=depth, input_size=None,
+def mmdit_config(depth: int, ctx_in: int, adm: int | None = None) -> dict:
+    cfg = dict(in_channels=16, out_channels=16, patch_size=2, depth=depth, input_size=None,
                 context_embedder_config={"target": "torch.nn.Linear",
                                          "params": {"in_features": ctx_in, "out_features": 64 * depth}},
                 num_patches=POS_MAX * POS_MAX, pos_embed_max_size=POS_MAX, pos_embed_scaling_factor=None,
                 x_block_self_attn_layers=[])
+    if adm:
+        cfg["adm_in_channels"] = adm
+    return cfg
 
 
-def build_mmdit(depth: int, ctx_in: int = 768, seed: int = 0, device: str = "cpu"):
-    """ComfyUI's SD3 MMDiT (hidden 64·depth, depth heads, depth joint blocks), adaLN-Zero initialised."""
+def build_mmdit(depth: int, ctx_in: int = 768, seed: int = 0, device: str = "cpu", adm: int | None = POOLED_WIDTH):
+    """ComfyUI's SD3 MMDiT (hidden 64·depth, depth heads, depth joint blocks), adaLN-Zero initialised.
+
+    ``adm``: width of the pooled text vector (SD3: 2048 = CLIP-L 768 + CLIP-G 1280, zeros here), embedded by
+    ``y_embedder`` into the adaLN conditioning of every block; None: no pooled input.
+    """
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper, get_2d_sincos_pos_embed
 
-    m = OpenAISignatureMMDITWrapper(**mmdit_config(depth, ctx_in), device=device, dtype=torch.float32,
+    m = OpenAISignatureMMDITWrapper(**mmdit_config(depth, ctx_in, adm), device=device, dtype=torch.float32,
                                     operations=comfy.ops.disable_weight_init)
     if device == "meta":
         return m
@@ -110,11 +118,18 @@ def save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, 
             os.unlink(tmp)
 
 
-def export(mmdit_sd: dict, taesd_sd: dict, path: Path = MODEL_FILE, metadata: dict | None = None) -> Path:
-    """Write the committed checkpoint (fp16): MMDiT + TAESD, no text encoder."""
+def export(mmdit_sd: dict, taesd_sd: dict, path: Path = MODEL_FILE, metadata: dict | None = None,
+           latent_std: float = 1.0) -> Path:
+    """Write the committed checkpoint (fp16): MMDiT + TAESD, no text encoder.
+
+    ComfyUI's SD3 latent format multiplies by 1.5305 what TAESD's ``encode`` divides by ``vae_scale``: with
+    ``vae_scale`` = 1.5305 · ``latent_std`` the MMDiT sees the TAESD encoder's output / ``latent_std``, and
+    TAESD's decoder gets the MMDiT's latent · ``latent_std``.
+    """
     out = {"model.diffusion_model." + k: v.to(torch.float16) for k, v in mmdit_sd.items()}
-    out.update({"first_stage_model." + k: v.to(torch.float16) for k, v in taesd_sd.items()})
-    out["first_stage_model.vae_scale"] = torch.tensor(VAE_SCALE, dtype=torch.float16)
+    out.update({"first_stage_model." + k: v.to(torch.float16) for k, v in taesd_sd.items()
+                if k not in ("vae_scale", "vae_shift")})
+    out["first_stage_model.vae_scale"] = torch.tensor(VAE_SCALE * latent_std, dtype=torch.float16)
     out["first_stage_model.vae_shift"] = torch.tensor(VAE_SHIFT, dtype=torch.float16)
     detected = detect(out)
     if detected != "SD3":

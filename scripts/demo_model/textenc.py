@@ -106,24 +106,28 @@ def load_clip(sd: dict[str, torch.Tensor] | None = None):
     return comfy.sd.load_text_encoder_state_dicts([sd], clip_type=comfy.sd.CLIPType.SD3)
 
 
-def encode(clip, captions: list[str], batch: int = 32) -> torch.Tensor:
-    """(N, 77, 768) float32 CLIP-L features of ``captions``, as ComfyUI's SD3 encoder computes them.
+def encode(clip, captions: list[str], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP-L features of ``captions`` as ComfyUI's SD3 text encoder computes them: (N, 77, 768) penultimate
+    hidden states (the context; ComfyUI pads them with zeros to 4096 features) and (N, 768) pooled outputs
+    (ComfyUI's ``pooled_output`` is these followed by 1280 zeros for the missing CLIP-G), float32.
 
-    Several captions go through the encoder as one batch (ComfyUI encodes a prompt's 77-token chunks the same
-    way); a caption must fit in one chunk.
+    Several captions go through CLIP-L as one batch, as ComfyUI encodes the 77-token chunks of one prompt
+    (``SDClipModel.encode``); a caption must fit in one chunk.
     """
-    out = []
+    ctx, pooled = [], []
+    model = clip.cond_stage_model
     with torch.inference_mode():
         for i in range(0, len(captions), batch):
             part = captions[i:i + batch]
-            toks = [clip.tokenize(c) for c in part]
-            if any(len(t["l"]) != 1 for t in toks):
+            toks = [clip.tokenize(c)["l"] for c in part]
+            if any(len(t) != 1 for t in toks):
                 raise ValueError("a caption is longer than one 77-token chunk")
-            merged = {k: [] for k in toks[0]}
-            merged["l"] = [t["l"][0] for t in toks]
-            cond = clip.encode_from_tokens(merged)  # [1, 77 * n, 4096]
-            out.append(cond[0, :, :768].reshape(len(part), 77, 768).float())
-    return torch.cat(out)
+            model.reset_clip_options()
+            clip.load_model()
+            z, p = model.clip_l.encode([[t for t, _ in tk[0]] for tk in toks])
+            ctx.append(z.float())
+            pooled.append(p.float())
+    return torch.cat(ctx), torch.cat(pooled)
 
 
 def tokenizer():

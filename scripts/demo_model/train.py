@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 # everything that changes the result (the work folder must have been made with the same values)
 RECIPE_KEYS = ("seed", "captions", "renders", "vae_steps", "vae_crop", "vae_batch", "vae_lr", "depth", "dit_steps",
-               "batch", "lr", "ground", "ground_classes")
+               "batch", "lr", "ground", "ground_classes", "pooled")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -51,7 +51,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--ground", type=float, default=0.5, help="weight of the attention-grounding loss (0: off)")
     ap.add_argument("--ground-classes", default="shape,colour", help="word classes the grounding loss covers")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pooled", type=int, default=1, help="1: the pooled CLIP-L vector conditions the MMDiT "
+                    "through SD3's y_embedder (adaLN); 0: context tokens only")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
+    ap.add_argument("--parallel-vae", type=int, default=1,
+                    help="1: train the VAE decoder in a second process (1 thread) while the MMDiT trains")
     ap.add_argument("--out", default=str(REPO / "models" / "attention-focus-shapes.safetensors"))
     ap.add_argument("--stop-after", choices=["clip", "latents", "dit"], default=None)
     return ap.parse_args(argv)
@@ -74,6 +78,35 @@ def _chunked(path: Path, n: int, chunk: int, fn, desc: str):
         save_atomic(out, part)
         parts.append(out)
     return parts
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _vae_child(work: str, pca_path: str, steps: int, crop: int, batch: int, lr: float, seed: int,
+               threads: int = 1) -> None:
+    """Stage "vae" (in its own process when parallel): writes ``work/vae_final.pt`` (the TAESD state)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from harness.comfy_boot import boot
+
+    boot()
+    from .train_vae import PcaLatent, train_vae
+
+    final = Path(work) / "vae_final.pt"
+    if final.is_file():
+        return
+    taesd, seconds = train_vae(Path(work), PcaLatent.from_state(torch.load(pca_path)), steps, crop, batch, lr,
+                               seed)
+    torch.save(taesd.state_dict(), final)
+    times = Path(work) / "vae_seconds.json"
+    times.write_text(json.dumps({"vae": seconds}))
 
 
 def main(argv=None) -> int:
@@ -106,25 +139,9 @@ def main(argv=None) -> int:
     # the data (captions, CLIP features, latents) depends only on these, so runs can share it
     data_dir = textenc.cache_dir() / f"data-s{args.seed}-c{args.captions}-r{args.renders}"
     data_dir.mkdir(exist_ok=True)
-    t0 = time.time()
-    captions, drawn = dataset.build_scenes(args.captions, args.renders, args.seed)
-    tok = textenc.tokenizer()
+    wall0, cpu0 = time.time(), _cpu_seconds()
 
-    # 1. CLIP features of the captions and of the empty prompt (last)
-    ctx_path = data_dir / "context.pt"
-    if not ctx_path.is_file():
-        clip = textenc.load_clip()
-        allcaps = captions + [""]
-        parts = _chunked(ctx_path, len(allcaps), 256,
-                         lambda a, b: textenc.encode(clip, allcaps[a:b]).half(), "clip")
-        save_atomic(torch.cat(parts), ctx_path)
-        del clip
-    context = torch.load(ctx_path)
-    timed("clip", t0)
-    if args.stop_after == "clip":
-        return 0
-
-    # 2. the latent space (PCA of pixel cells), latents and grounding targets of every render
+    # 0. the latent space (a PCA of pixel cells); the VAE decoder learns it in a second process meanwhile
     t0 = time.time()
     from .train_vae import PcaLatent
 
@@ -132,6 +149,36 @@ def main(argv=None) -> int:
     if not pca_path.is_file():
         save_atomic(PcaLatent.fit(args.seed + 100).state(), pca_path)
     pca = PcaLatent.from_state(torch.load(pca_path))
+    timed("pca", t0)
+    vae_args = (str(work), str(pca_path), args.vae_steps, args.vae_crop, args.vae_batch, args.vae_lr, args.seed)
+    vae_proc = None
+    if args.parallel_vae and args.stop_after is None:
+        import multiprocessing
+
+        vae_proc = multiprocessing.get_context("spawn").Process(target=_vae_child, args=vae_args)
+        vae_proc.start()
+
+    t0 = time.time()
+    captions, drawn = dataset.build_scenes(args.captions, args.renders, args.seed)
+    tok = textenc.tokenizer()
+
+    # 1. CLIP features of the captions and of the empty prompt (last)
+    ctx_path = data_dir / "clip.pt"
+    if not ctx_path.is_file():
+        clip = textenc.load_clip()
+        allcaps = captions + [""]
+        parts = _chunked(ctx_path, len(allcaps), 256,
+                         lambda a, b: tuple(t.half() for t in textenc.encode(clip, allcaps[a:b])), "clip")
+        save_atomic({"context": torch.cat([p[0] for p in parts]), "pooled": torch.cat([p[1] for p in parts])},
+                    ctx_path)
+        del clip
+    clip_data = torch.load(ctx_path)
+    timed("clip", t0)
+    if args.stop_after == "clip":
+        return 0
+
+    # 2. latents and grounding targets of every render
+    t0 = time.time()
     lat_path = data_dir / "latents.pt"
     flat = [(ci, sc) for ci, group in enumerate(drawn) for sc in group]
     if not lat_path.is_file():
@@ -140,15 +187,15 @@ def main(argv=None) -> int:
             imgs, masks = dataset.render_batch(scs)
             tg, cl = zip(*(dataset.grounding_targets(sc, m, textenc.token_positions(tok, sc.caption))
                            for sc, m in zip(scs, masks, strict=True)), strict=True)
-            return {"latents": pca.encode(imgs).half(), "target": torch.from_numpy(np.stack(tg)).half(),
-                    "word_class": torch.from_numpy(np.stack(cl))}
+            return {"latents": (pca.encode(imgs) / pca.model_std).half(),
+                    "target": torch.from_numpy(np.stack(tg)).half(), "word_class": torch.from_numpy(np.stack(cl))}
 
         parts = _chunked(lat_path, len(flat), 1024, encode_part, "latents")
         data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         data["image_caption"] = torch.tensor([ci for ci, _ in flat])
         save_atomic(data, lat_path)
     data = torch.load(lat_path)
-    data["context"] = context
+    data.update(clip_data)
     classes = [S.WORD_CLASSES.index(c) for c in args.ground_classes.split(",") if c]
     data["sup"] = torch.isin(data["word_class"].long(), torch.tensor(classes, dtype=torch.long))
     z = data["latents"].float()
@@ -162,17 +209,26 @@ def main(argv=None) -> int:
     t0 = time.time()
     from .train_dit import train_dit
 
-    ema, _ = train_dit(work, data, args.depth, args.dit_steps, args.batch, args.lr, args.ground, args.seed)
+    ema, _ = train_dit(work, data, args.depth, args.dit_steps, args.batch, args.lr, args.ground, args.seed,
+                       pooled=bool(args.pooled))
     timed("dit", t0)
     if args.stop_after == "dit":
         return 0
 
     # 4. VAE decoder (the encoder is set, see train_vae)
     t0 = time.time()
-    from .train_vae import train_vae
-
-    taesd, _ = train_vae(work, pca, args.vae_steps, args.vae_crop, args.vae_batch, args.vae_lr, args.seed)
-    timed("vae", t0)
+    if vae_proc is not None:
+        vae_proc.join()
+        if vae_proc.exitcode != 0:
+            sys.exit(f"the VAE process failed (exit code {vae_proc.exitcode})")
+    else:
+        _vae_child(*vae_args, threads=args.threads)
+    taesd = M.build_taesd(device="meta")
+    taesd.load_state_dict(torch.load(work / "vae_final.pt"), assign=True)
+    timed("vae_wait" if vae_proc is not None else "vae", t0)
+    times["wall_total"] = times.get("wall_total", 0.0) + time.time() - wall0
+    times["cpu_total"] = times.get("cpu_total", 0.0) + _cpu_seconds() - cpu0
+    times_path.write_text(json.dumps(times, indent=1))
 
     # 5. export
     out = Path(args.out)
@@ -185,24 +241,26 @@ def main(argv=None) -> int:
     info = {
         "command": "bash scripts/train_demo_model.sh " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "recipe": recipe,
-        "stage_seconds": {k: round(v, 1) for k, v in times.items()},
-        "train_seconds_total": round(sum(times.values()), 1),
+        "stage_seconds": {k: round(v, 1) for k, v in times.items() if not k.endswith("_total")},
+        "vae_loop_seconds": round(json.loads((work / "vae_seconds.json").read_text())["vae"], 1)
+        if (work / "vae_seconds.json").is_file() else None,
+        "wall_seconds_total": round(times["wall_total"], 1),
+        "cpu_seconds_total": round(times["cpu_total"], 1),
         "final_losses": losses,
         "mmdit_params": sum(p.numel() for p in ema.parameters()),
-        "taesd_params": sum(p.numel() for n, p in taesd.named_parameters() if n.startswith("taesd_")),
+        "taesd_decoder_params": sum(p.numel() for p in taesd.taesd_decoder.parameters()),
         "clip_l": {"seed": textenc.CLIP_SEED, "sha256": textenc.CLIP_SHA256},
         "torch": torch.__version__,
         "scenes": {"size": S.SIZE, "colours": list(S.COLOURS), "shapes": list(S.SHAPES),
                    "heldout": f"sha1(caption) % {S.HELDOUT_MOD} == 0"},
     }
     M.export(M.mmdit_export_state(ema), {k: v for k, v in taesd.state_dict().items() if k.startswith("taesd_")},
-             out, {"attention_focus_demo": info})
+             out, {"attention_focus_demo": info}, latent_std=pca.model_std)
     info["file_bytes"] = out.stat().st_size
     info["file_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     Path(str(out).replace(".safetensors", ".json")).write_text(json.dumps(info, indent=1) + "\n")
-    minutes = info["train_seconds_total"] / 60
-    print(f"[export] {out} ({info['file_bytes'] / 2**20:.2f} MiB); training took {minutes:.1f} min: "
-          f"{info['stage_seconds']}")
+    print(f"[export] {out} ({info['file_bytes'] / 2**20:.2f} MiB); training took {times['wall_total'] / 60:.1f} min "
+          f"wall, {times['cpu_total'] / 60:.1f} min CPU: {info['stage_seconds']}")
     return 0
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .loop import run_loop
-from .model import build_mmdit
+from .model import POOLED_WIDTH, build_mmdit
 
 SHIFT = 3.0
 
@@ -61,10 +61,10 @@ def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: float, ground: float, seed: int,
-              ema_decay: float = 0.999, p_uncond: float = 0.1) -> tuple[torch.nn.Module, float]:
-    """``data``: latents (N, 16, h, w), image_caption (N,) caption index, context (C + 1, 77, 768) with the empty
-    prompt last, target (N, n_img, 77), sup (N, 77). Returns (EMA model, seconds)."""
-    model = build_mmdit(depth, data["context"].shape[-1], seed)
+              ema_decay: float = 0.999, p_uncond: float = 0.1, pooled: bool = True) -> tuple[torch.nn.Module, float]:
+    """``data``: latents (N, 16, h, w), image_caption (N,) caption index, context (C + 1, 77, 768) and pooled
+    (C + 1, 768) with the empty prompt last, target (N, n_img, 77), sup (N, 77). Returns (EMA model, seconds)."""
+    model = build_mmdit(depth, data["context"].shape[-1], seed, adm=POOLED_WIDTH if pooled else None)
     model.train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -91,11 +91,13 @@ def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: fl
         drop = torch.rand(batch, generator=gen) < p_uncond
         ci = torch.where(drop, torch.full_like(cap[idx], empty), cap[idx])
         context = ctx[ci].float()
+        y = F.pad(data["pooled"][ci].float(), (0, POOLED_WIDTH - data["pooled"].shape[-1])) if pooled else None
         s = sample_sigmas(batch, gen)
         eps = torch.randn(x0.shape, generator=gen)
         xt = s[:, None, None, None] * eps + (1 - s[:, None, None, None]) * x0
         probe.maps = []
-        out = model(xt, s * 1000, context=context, transformer_options={"optimized_attention_override": probe})
+        out = model(xt, s * 1000, context=context, y=y,
+                    transformer_options={"optimized_attention_override": probe})
         mse = F.mse_loss(out, eps - x0)
         loss = mse
         vals = {"mse": mse.item()}

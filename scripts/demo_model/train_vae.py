@@ -10,8 +10,9 @@ non-negative input through, its last convolution applies the projection), so VAE
 same latent space. The TAESD decoder learns to turn these latents back into images, on small crops (TAESD is
 fully convolutional, 8x up) and on slightly noised latents, so that it tolerates the sampler's imperfect ones.
 
-In ComfyUI the MMDiT sees the raw encoder output (its SD3 latent format undoes vae_scale/vae_shift), i.e.
-exactly ``PcaLatent`` space.
+In ComfyUI the MMDiT sees the encoder output divided by ``vae_scale / 1.5305`` (its SD3 latent format undoes
+the SD3 values 1.5305 / 0.0609; the checkpoint's ``vae_scale`` is 1.5305 · ``model_std``), i.e. the projection
+at unit variance, and the decoder gets the MMDiT's latent times ``model_std``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ class PcaLatent:
     """latent_i = w_i · (cells − mean) / scale_i, cells = 4x4 blocks of the 2x2-average-pooled image (48 values).
 
     ``scale_i`` puts the 99.9th percentile of |latent_i| at 3: TAESD's decoder squashes its input with
-    ``3·tanh(x/3)``, so values beyond about ±3 would lose their information.
+    ``3·tanh(x/3)``, so values beyond about ±3 would lose their information. These are the TAESD's units;
+    the MMDiT sees the latent divided by its overall standard deviation ``model_std`` (unit variance, the
+    scale the flow schedule assumes), which the checkpoint's ``vae_scale`` accounts for (see ``model.export``).
     """
 
-    def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor) -> None:
-        self.mean, self.components, self.scale = mean, components, scale
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor,
+                 model_std: float = 1.0) -> None:
+        self.mean, self.components, self.scale, self.model_std = mean, components, scale, float(model_std)
 
     @staticmethod
     def cells(images: torch.Tensor) -> torch.Tensor:
@@ -58,7 +62,7 @@ class PcaLatent:
         z = ((x - mean) @ comps.T).float()
         pick = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:200_000]
         scale = torch.quantile(z.abs()[pick], 0.999, dim=0) / 3
-        return cls(mean.float(), comps.float(), scale)
+        return cls(mean.float(), comps.float(), scale, float((z / scale).std()))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         c = self.cells(images)
@@ -66,11 +70,11 @@ class PcaLatent:
         return F.conv2d(c, w, -(self.components @ self.mean) / self.scale)
 
     def state(self) -> dict:
-        return {"mean": self.mean, "components": self.components, "scale": self.scale}
+        return {"mean": self.mean, "components": self.components, "scale": self.scale, "model_std": self.model_std}
 
     @classmethod
     def from_state(cls, st: dict) -> PcaLatent:
-        return cls(st["mean"], st["components"], st["scale"])
+        return cls(st["mean"], st["components"], st["scale"], st["model_std"])
 
 
 def set_encoder(taesd, pca: PcaLatent) -> None:
@@ -141,7 +145,7 @@ def train_vae(work: Path, pca: PcaLatent, steps: int, crop: int, batch: int, lr:
         rng.bit_generator.state = st["rng"]
         gen.set_state(st["gen"])
 
-    seconds = run_loop("vae", work, steps, step_fn, get_state, set_state, log_every=10)
+    seconds = run_loop("vae", work, steps, step_fn, get_state, set_state, log_every=10, position=1)
     taesd.eval()
     return taesd, seconds
 
