@@ -35,6 +35,7 @@ OUTPUTS = {
     "VAELoader": [("VAE", "VAE")],
     "EmptySD3LatentImage": [("LATENT", "LATENT")],
     "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
+    "ImageStitch": [("IMAGE", "IMAGE")],
 }
 INPUTS = {
     "AttentionFocusTextEncode": [("clip", "CLIP")],
@@ -52,6 +53,7 @@ INPUTS = {
     "ImageBatch": [("image1", "IMAGE"), ("image2", "IMAGE")],
     "DualCLIPLoader": [],
     "FluxGuidance": [("conditioning", "CONDITIONING")],
+    "ImageStitch": [("image1", "IMAGE"), ("image2", "IMAGE")],
 }
 
 
@@ -212,8 +214,71 @@ def flux() -> Graph:
     return g
 
 
+SHAPES_CKPT = "attention-focus-shapes.safetensors"
+SHAPES_PROMPT = "a red circle above a blue square"  # held out: never a training caption
+SHAPES_WORDS = "red, circle, above, blue, square"
+SHAPES_COLOUR = "red"
+SHAPES_SEED = 1
+
+
+def shapes() -> Graph:
+    """The embedded demo model (an SD3-shaped MMDiT trained on drawn shapes, see scripts/demo_model/): heat
+    maps, masks and raw maps of a held-out prompt, and the same seed with its colour word weighted down / up."""
+    g = Graph()
+    ck = g.add("CheckpointLoaderSimple", [SHAPES_CKPT], (0, 0), "Demo model (MMDiT + CLIP-L + TAESD)")
+    pos = g.add("AttentionFocusTextEncode", [SHAPES_PROMPT], (350, 0), "Prompt (held out from training)")
+    neg = g.add("CLIPTextEncode", [""], (350, 220), "Negative (empty)")
+    lat = g.add("EmptySD3LatentImage", [128, 128, 1], (350, 400))
+    g.link(ck, 1, pos, "clip")
+    g.link(ck, 1, neg, "clip")
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, 0))
+    g.link(ck, 0, cap, "model")
+    decoded = {}
+    for i, (tag, model, w) in enumerate((("plain", (cap, 0), None), ("down", None, 0.0), ("up", None, 3.0))):
+        y = 300 * i
+        if w is not None:
+            rw = g.add("AttentionFocusReweight", [f"{SHAPES_COLOUR}:{w:g}", "scale", "all", "positive", 0.0, 1.0],
+                       (720, 200 + y), f"Reweight {SHAPES_COLOUR} x{w:g}")
+            g.link(ck, 0, rw, "model")
+            model = (rw, 0)
+        ks = g.add("KSampler", [SHAPES_SEED, "fixed", 20, 4.0, "euler", "simple", 1.0], (1080, y))
+        dec = g.add("VAEDecode", [], (1440, y))
+        g.link(*model, ks, "model")
+        g.link(pos, 0, ks, "positive")
+        g.link(neg, 0, ks, "negative")
+        g.link(lat, 0, ks, "latent_image")
+        g.link(ks, 0, dec, "samples")
+        g.link(ck, 2, dec, "vae")
+        decoded[tag] = dec
+    hm = g.add("AttentionFocusHeatmap", [SHAPES_WORDS, "turbo", 0.6, "per word", "positive", "all"], (1800, 0))
+    g.link(cap, 1, hm, "attention_maps")
+    g.link(decoded["plain"], 0, hm, "image")
+    save = g.add("SaveImage", ["attention_focus/image"], (2150, 0))
+    save_grid = g.add("SaveImage", ["attention_focus/heatmap_grid"], (2150, 300), "Heat-map grid")
+    mask_img = g.add("MaskToImage", [], (1800, 600))
+    save_masks = g.add("SaveImage", ["attention_focus/masks"], (2150, 600), "Masks")
+    save_maps = g.add("AttentionFocusSaveMaps", ["attention_focus/maps", "positive"], (1800, 800))
+    g.link(decoded["plain"], 0, save, "images")
+    g.link(hm, 1, save_grid, "images")
+    g.link(hm, 2, mask_img, "mask")
+    g.link(mask_img, 0, save_masks, "images")
+    g.link(cap, 1, save_maps, "attention_maps")
+    g.link(decoded["plain"], 0, save_maps, "image")
+    left = g.add("ImageStitch", ["right", True, 4, "white"], (1800, 1000), f"{SHAPES_COLOUR} x0 | plain")
+    g.link(decoded["down"], 0, left, "image1")
+    g.link(decoded["plain"], 0, left, "image2")
+    both = g.add("ImageStitch", ["right", True, 4, "white"], (2150, 1000), f"{SHAPES_COLOUR} x0 | plain | x3")
+    g.link(left, 0, both, "image1")
+    g.link(decoded["up"], 0, both, "image2")
+    save_rw = g.add("SaveImage", [f"attention_focus/reweight_{SHAPES_COLOUR}_x0_plain_x3"], (2500, 1000),
+                    "Reweight pair")
+    g.link(both, 0, save_rw, "images")
+    return g
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
+    shapes().dump(OUT / "attention_focus_shapes.json")
     heatmaps().dump(OUT / "attention_focus_heatmaps.json")
     reweight().dump(OUT / "attention_focus_reweight.json")
     flux().dump(OUT / "attention_focus_flux.json")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 # everything that changes the result (the work folder must have been made with the same values)
 RECIPE_KEYS = ("seed", "captions", "renders", "vae_steps", "vae_crop", "vae_batch", "vae_lr", "depth", "dit_steps",
-               "batch", "lr", "ground", "ground_classes", "pooled")
+               "batch", "lr", "ground", "ground_classes", "pooled", "x_self_attn", "qk_norm")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -53,6 +53,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--ground-classes", default="shape,colour", help="word classes the grounding loss covers")
     ap.add_argument("--pooled", type=int, default=1, help="1: the pooled CLIP-L vector conditions the MMDiT "
                     "through SD3's y_embedder (adaLN); 0: context tokens only")
+    ap.add_argument("--x-self-attn", type=int, default=1, help="1: an image-only attention in every block "
+                    "(SD3.5's MMDiT-X x_block.attn2)")
+    ap.add_argument("--qk-norm", type=int, default=1, help="1: RMS-normalised q and k (SD3.5)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     ap.add_argument("--parallel-vae", type=int, default=1,
                     help="1: train the VAE decoder in a second process (1 thread) while the MMDiT trains")
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
     from .train_dit import train_dit
 
     ema, _ = train_dit(work, data, args.depth, args.dit_steps, args.batch, args.lr, args.ground, args.seed,
-                       pooled=bool(args.pooled))
+                       pooled=bool(args.pooled), x_self_attn=bool(args.x_self_attn), qk_norm=bool(args.qk_norm))
     timed("dit", t0)
     if args.stop_after == "dit":
         return 0

@@ -30,10 +30,12 @@ SHIFT = 3.0
 
 class AttentionProbe:
     """``optimized_attention_override`` for training: plain softmax attention that also keeps, per joint
-    block, the image queries' head-mean probabilities over the first ``n_txt`` (text) keys."""
+    block, the image queries' head-mean probabilities over the first ``n_txt`` (text) keys. Only joint calls
+    (``joint_len`` = text + image tokens) are recorded, not MMDiT-X's image-only attention."""
 
     def __init__(self, n_txt: int = 77) -> None:
         self.n_txt = n_txt
+        self.joint_len = 0
         self.maps: list[torch.Tensor] = []
 
     def __call__(self, func, q, k, v, heads, *args, **kwargs):
@@ -41,7 +43,8 @@ class AttentionProbe:
         d = dim // heads
         qh, kh, vh = (t.view(b, n, heads, d).transpose(1, 2) for t in (q, k, v))
         p = (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
-        self.maps.append(p[:, :, self.n_txt:, :self.n_txt].mean(1))
+        if n == self.joint_len:
+            self.maps.append(p[:, :, self.n_txt:, :self.n_txt].mean(1))
         return (p @ vh).transpose(1, 2).reshape(b, n, dim)
 
 
@@ -61,10 +64,12 @@ def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: float, ground: float, seed: int,
-              ema_decay: float = 0.999, p_uncond: float = 0.1, pooled: bool = True) -> tuple[torch.nn.Module, float]:
+              ema_decay: float = 0.999, p_uncond: float = 0.1, pooled: bool = True, x_self_attn: bool = False,
+              qk_norm: bool = False) -> tuple[torch.nn.Module, float]:
     """``data``: latents (N, 16, h, w), image_caption (N,) caption index, context (C + 1, 77, 768) and pooled
     (C + 1, 768) with the empty prompt last, target (N, n_img, 77), sup (N, 77). Returns (EMA model, seconds)."""
-    model = build_mmdit(depth, data["context"].shape[-1], seed, adm=POOLED_WIDTH if pooled else None)
+    model = build_mmdit(depth, data["context"].shape[-1], seed, adm=POOLED_WIDTH if pooled else None,
+                        x_self_attn=x_self_attn, qk_norm=qk_norm)
     model.train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -96,6 +101,7 @@ def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: fl
         eps = torch.randn(x0.shape, generator=gen)
         xt = s[:, None, None, None] * eps + (1 - s[:, None, None, None]) * x0
         probe.maps = []
+        probe.joint_len = probe.n_txt + (x0.shape[-2] // 2) * (x0.shape[-1] // 2)
         out = model(xt, s * 1000, context=context, y=y,
                     transformer_options={"optimized_attention_override": probe})
         mse = F.mse_loss(out, eps - x0)
