@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import comfy_patch as cp
+from .hook_state import CallInfo, RunState, SharedState, chunk_prompt
 from .attention_math import attention_probs_at, combine_reweights, cross_attention_probs, fold_repeated_keys
 from .capture_store import (AttentionMaps, CaptureSettings, CaptureStore, MapSet, MapsRecord, PromptInfo, Region,
                             fingerprint, merge_prompts)
@@ -48,11 +49,11 @@ class Capture:
     def __deepcopy__(self, memo):
         return self
 
-    def start_run(self, guider, run: cp.RunState, noise, sigmas) -> None:
+    def start_run(self, guider, run: RunState, noise, sigmas) -> None:
         hi, lo = cp.sigma_window(guider.model_patcher, self.settings.start, self.settings.end)
         run.data[id(self)] = CaptureRun(run.prompts, run.latent_hw, run.batch, hi, lo)
 
-    def end_run(self, run: cp.RunState) -> None:
+    def end_run(self, run: RunState) -> None:
         cap = run.data.get(id(self))
         if cap is None:
             return
@@ -62,7 +63,7 @@ class Capture:
         self.maps.runs += 1
         REGISTRY.add(self.maps.node_id, record)
 
-    def hook(self, st: cp.SharedState, info: cp.CallInfo | None, prev, func, *args, **kwargs):
+    def hook(self, st: SharedState, info: CallInfo | None, prev, func, *args, **kwargs):
         if info is not None and info.layer in self.layers:
             cap = st.run.data.get(id(self))
             if cap is not None and cap.sigma_lo <= info.sigma <= cap.sigma_hi:
@@ -103,15 +104,18 @@ def _region_of(cap: CaptureRun, uid: str, call_hw: tuple[int, int]) -> tuple[boo
     return False, None
 
 
-def _capture(st: cp.SharedState, cap: CaptureRun, settings: CaptureSettings, info: cp.CallInfo, args, kwargs
+def _capture(st: SharedState, cap: CaptureRun, settings: CaptureSettings, info: CallInfo, args, kwargs
              ) -> None:
     q, k, v, heads, bhld, mask = cp.split_args(args, kwargs)
     n = max(1, len(info.uids))
     per = q.shape[0] // n
     key_len = k.shape[2] if bhld else k.shape[1]
     weights = [(rw.mode, rw.row_weights(st, info, q.shape[0], key_len, q.device)) for rw in st.reweighters()]
-    for i, uid in enumerate(info.uids):
-        if cp.branch_at(st, info, i) not in settings.branches:
+    for i in range(len(info.uids)):
+        uid, branch = chunk_prompt(st, info, i)
+        if uid is None and info.uids[i] in cap.prompts and branch in settings.branches:
+            cap.ambiguous.add(info.uids[i])  # cannot tell an area prompt from its opposite copy here
+        if uid is None or branch not in settings.branches:
             continue
         if info.evaluation > 0 and cap.canonical.setdefault((uid, info.evaluation), info.call_id) != info.call_id:
             continue  # a second model call for this prompt in one evaluation: a guidance pass (PAG/SAG/SLG)
@@ -140,7 +144,7 @@ def _capture(st: cp.SharedState, cap: CaptureRun, settings: CaptureSettings, inf
         cap.store.add(uid, info.layer, p, info.hw, evaluation, region=region)
 
 
-def _dit_probs(settings: CaptureSettings, info: cp.CallInfo, q, k, heads: int, bhld: bool, mask, bias, scale):
+def _dit_probs(settings: CaptureSettings, info: CallInfo, q, k, heads: int, bhld: bool, mask, bias, scale):
     """Image-query → prompt-token probabilities of one DiT call, folded onto prompt positions."""
     geom = info.geom
     key_rel, pos = geom.key_map()
@@ -190,8 +194,9 @@ def finalize(cap: CaptureRun, maps: AttentionMaps, origin) -> MapsRecord:
         }
         ambiguous = [u for u in uids if u in cap.ambiguous]
         if ambiguous:
-            meta["incomplete"] = ("some evaluations of this prompt ran on areas Attention Focus could not place "
-                                  "(two areas of the same size for one prompt); they are left out")
+            meta["incomplete"] = ("some evaluations of this branch could not be attributed with certainty (two "
+                                  "areas of the same size for one prompt, or area prompts under a guider other "
+                                  "than CFG); they are left out")
         if origin is not None:
             meta["sampler_node"] = origin.real_node_id
             meta["prompt_id"] = origin.prompt_id

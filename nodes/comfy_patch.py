@@ -5,19 +5,12 @@ Mechanism (see shared docs, comfyui-attention-hooks.md §1–2, §5):
   chained with whatever override was there (another pack's, or our other node's).
 - an ``attn2_patch`` marks that the next attention call is a UNet cross-attention (attn2) and an
   ``attn2_output_patch`` clears the mark (so a foreign attn2 replacement cannot confuse us).
-- wrappers: ``OUTER_SAMPLE`` starts and ends each sampling run (prompts, token tables, latent size, where
-  the run comes from) and lets every effect finish its run; ``SAMPLER_SAMPLE`` reads the areas and masks
-  ComfyUI resolved for each prompt; ``PREDICT_NOISE`` numbers the sampler's model evaluations (so extra
-  guidance passes inside one evaluation, PAG/SAG/SLG, are told apart from the sampler's own);
-  ``APPLY_MODEL`` records the latent size of each model call and, for Diffusion Transformers, its token
-  geometry (patch grid, text span; ``families.geometry``).
+- wrappers around each sampling run (``sampling_run``): its start and end, the prompts' areas, the sampler's
+  evaluations, and each model call's latent size and DiT token geometry.
 - the override recognises image→text attention calls (UNet: the attn2 mark; DiT: their length) and names
   the layer from ComfyUI's block ids where the model sets them, else by counting the calls per forward.
 
-State: one ``SharedState`` per patched model in ``transformer_options[STATE_KEY]``, looked up at call time
-(never through closures). Every node that adds an effect replaces it with a copy on its own clone
-(copy-on-write), so isolation holds whether ``ModelPatcher.clone()`` deep-copies model_options (ComfyUI
-≤ 0.12) or copies only dicts and lists (PR #12382, Feb 2026 on).
+State: one ``hook_state.SharedState`` per patched model, copied on write by ``add_effect``.
 The real output always comes from the attention function ComfyUI chose (or the previous override).
 """
 
@@ -25,117 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .capture_store import PromptInfo, Region
-from .cond_tokens import tokens_for_conditioning
-from .dit_layout import Geometry, located
-from .errors import AttentionFocusError
-from .families import FamilySpec, expected_context_dim, geometry, model_layers, model_spec, prompt_length
-from .layer_spec import LayerKey
-from .provenance import Origin, node_signature
+from .dit_layout import located
+from .families import model_layers, model_spec
+from .hook_state import CALL_KEY, FWD_KEY, INFO_KEY, STATE_KEY, CallInfo, ForwardInfo, SharedState, state_of
+from .sampling_run import apply_model_wrapper, outer_sample_wrapper, predict_noise_wrapper, sampler_sample_wrapper
 
-TOKENS_KEY = "attention_focus_tokens"
-STATE_KEY = "attention_focus"  # shared mutable state in transformer_options
-FWD_KEY = "attention_focus_forward"  # per-model-call facts (latent size; DiT geometry)
-INFO_KEY = "attention_focus_info"  # the CallInfo of the attention call in progress
-CALL_KEY = "attention_focus_call"  # (call id, sigma) of a model call
 log = logging.getLogger("attention_focus")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Per-call and per-run facts
-
-
-@dataclass
-class CallInfo:
-    """What one image→text attention call is: layer, chunks (prompt uuids), sigma, grid."""
-
-    layer: LayerKey
-    uids: list[str]
-    cond_or_uncond: list[int]
-    sigma: float
-    call_id: int  # one id per model call (all layers of one forward share it)
-    evaluation: int  # the sampler's model evaluation (0: unknown)
-    hw: tuple[int, int]  # this layer's query grid
-    latent_hw: tuple[int, int]  # the latent size of this model call (an area crop, or the whole latent)
-    geom: Geometry | None = None  # DiTs: token layout of this model call
-    rows: slice | None = None  # DiTs: image query rows
-    key_base: int = 0  # DiTs: where the text span starts among the keys
-    joint: bool = False  # DiTs: keys include image tokens
-
-
-@dataclass
-class ForwardInfo:
-    """Per-model-call facts stored in transformer_options by the APPLY_MODEL wrapper."""
-
-    latent_hw: tuple[int, int]
-    geom: Geometry | None = None
-    count: int = 0  # image→text calls seen so far in this forward (layer = n-th call)
-    ambiguous: int = 0  # cross-attention calls indistinguishable from self-attention by length
-    cross_only: bool = False  # every routed call is a cross-attention (HunyuanDiT)
-    call: tuple[int, float] | None = None  # (call id, sigma), set by the first image→text call
-
-
-@dataclass
-class RunState:
-    """Per-sampling-run facts shared by the patches of one model."""
-
-    prompts: dict[str, PromptInfo] = field(default_factory=dict)
-    latent_hw: tuple[int, int] = (0, 0)
-    batch: int = 0
-    calls: int = 0
-    evaluation: int = 0  # sampler model evaluations so far (PREDICT_NOISE wrapper)
-    origin: Origin | None = None
-    data: dict[int, Any] = field(default_factory=dict)  # per-effect working state, by id(effect)
-
-
-class CurrentCall:
-    """Holds the running model call's transformer_options (HunyuanDiT route); one object per model chain."""
-
-    def __init__(self) -> None:
-        self.to: dict | None = None
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-class SharedState:
-    """Mutable state of one patched model, reachable from every hook via transformer_options[STATE_KEY].
-
-    ``effects`` are the capture and reweight objects installed on this model, in order. An effect may
-    implement ``start_run(guider, run, noise, sigmas)``, ``end_run(run)`` and, for reweights,
-    ``row_weights(st, info, batch, key_len, device)``.
-    """
-
-    def __init__(self, spec: FamilySpec, layer_table: dict[tuple[str, int, int], LayerKey]) -> None:
-        self.spec = spec
-        self.layer_table = layer_table
-        self.cross_pending = False
-        self.run = RunState()
-        self.effects: list[Any] = []
-        self.current = CurrentCall()
-
-    def copy(self) -> SharedState:
-        """A state for a clone: the same model facts, its own effect list and run."""
-        new = SharedState(self.spec, self.layer_table)
-        new.effects = list(self.effects)
-        new.current = self.current
-        return new
-
-    def __deepcopy__(self, memo):  # ComfyUI ≤ 0.12 deep-copies model_options on clone
-        return self.copy()
-
-    def reweighters(self) -> list[Any]:
-        return [e for e in self.effects if hasattr(e, "row_weights")]
-
-
-def state_of(to: dict | None) -> SharedState | None:
-    st = to.get(STATE_KEY) if isinstance(to, dict) else None
-    return st if isinstance(st, SharedState) else None
 
 
 def add_effect(m, effect: Any) -> SharedState:
@@ -160,178 +52,10 @@ def _install_wrappers(m, st: SharedState) -> None:
         from .hydit_route import route_cross_attention
 
         route_cross_attention(m, st.current, log)
-    m.add_wrapper_with_key("apply_model", "attention_focus_forward", _apply_model)
-    m.add_wrapper_with_key("predict_noise", "attention_focus_evaluation", _predict_noise)
-    m.add_wrapper_with_key("sampler_sample", "attention_focus_regions", _sampler_sample)
-    m.add_wrapper_with_key("outer_sample", "attention_focus_run", _outer_sample)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Wrappers and attn2 patches
-
-
-def _apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                 **kwargs):
-    """Record the latent size (and, for DiTs, the token geometry) of this model call."""
-    to = transformer_options if transformer_options is not None else {}
-    st = state_of(to)
-    if st is None:
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-    geom = geometry(st.spec, x, c_crossattn, kwargs, to) if st.spec.kind == "dit" else None
-    fwd = ForwardInfo((int(x.shape[-2]), int(x.shape[-1])), geom, cross_only=not st.spec.routed)
-    to[FWD_KEY] = fwd
-    previous, st.current.to = st.current.to, to
-    try:
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-    finally:
-        st.current.to = previous
-        if to.get(FWD_KEY) is fwd:
-            del to[FWD_KEY]
-
-
-def _predict_noise(executor, *args, **kwargs):
-    """One sampler model evaluation: extra passes inside it (PAG, SAG, SLG) share its number."""
-    st = state_of(executor.class_obj.model_options.get("transformer_options"))
-    if st is not None:
-        st.run.evaluation += 1
-    return executor(*args, **kwargs)
-
-
-def _sampler_sample(executor, *args, **kwargs):
-    """After ComfyUI resolved the conditioning: record each prompt's areas and masks (latent cells)."""
-    guider = args[0] if args else None
-    st = state_of(getattr(guider, "model_options", {}).get("transformer_options"))
-    if st is not None:
-        hw = st.run.latent_hw
-        for entries in (getattr(guider, "conds", None) or {}).values():
-            for c in entries or []:
-                p = st.run.prompts.get(str(c.get("uuid")))
-                if p is not None:
-                    p.regions.append(_region(c, hw))
-    return executor(*args, **kwargs)
-
-
-def _region(c: dict, latent_hw: tuple[int, int]) -> tuple[Region | None, torch.Tensor | None]:
-    """(area, mask) of a resolved conditioning entry, as ``samplers.get_area_and_mult`` applies them."""
-    H, W = latent_hw
-    region = None
-    area = c.get("area")
-    if area is not None and len(area) >= 4 and not isinstance(area[0], str):
-        n = len(area) // 2  # (sizes…, offsets…); the last two dims are the latent's H and W
-        h, w, y, x = int(area[n - 2]), int(area[n - 1]), int(area[-2]), int(area[-1])
-        h, w = min(H - y, h), min(W - x, w)
-        if (h, w, y, x) != (H, W, 0, 0):
-            region = Region(h, w, y, x)
-    mask = c.get("mask")
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().float().cpu()
-        mask = mask.reshape(-1, *mask.shape[-2:]) * float(c.get("mask_strength", 1.0))
-    else:
-        mask = None
-    return region, mask
-
-
-def _outer_sample(executor, *args, **kwargs):
-    """A sampling run: record the prompts and latent size, let every effect start and finish the run."""
-    guider = executor.class_obj
-    to = guider.model_options.get("transformer_options", {})
-    st = state_of(to)
-    if st is None:
-        return executor(*args, **kwargs)
-    noise = args[0]
-    prompts = _prompts(guider, st)
-    _check_hooks_reachable(to)
-    st.run = RunState(prompts, (int(noise.shape[-2]), int(noise.shape[-1])), int(noise.shape[0]),
-                      origin=execution_origin())
-    run = st.run
-    for effect in st.effects:
-        if hasattr(effect, "start_run"):
-            effect.start_run(guider, run, noise, args[3])
-    try:
-        out = executor(*args, **kwargs)
-    finally:
-        st.run = RunState()  # an interrupted run leaves nothing behind
-    for effect in st.effects:
-        if hasattr(effect, "end_run"):
-            effect.end_run(run)
-    return out
-
-
-def _prompts(guider, st: SharedState) -> dict[str, PromptInfo]:
-    """uuid → PromptInfo for every conditioning entry of the run, with the token table that fits it."""
-    prompts: dict[str, PromptInfo] = {}
-    for branch, entries in (getattr(guider, "conds", None) or {}).items():
-        for slot, c in enumerate(entries or []):
-            if "uuid" not in c:
-                continue
-            ctx = c.get("cross_attn")
-            length = int(ctx.shape[1]) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else 0
-            if st.spec.kind == "dit":
-                _check_context(guider, st.spec, branch, ctx)
-                length = prompt_length(st.spec, c)
-            tokens, note = tokens_for_conditioning(ctx, c.get(TOKENS_KEY), length)
-            if note:
-                log.warning("Attention Focus (%s prompt): %s", branch, note)
-            prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note)
-    return prompts
-
-
-def execution_origin() -> Origin | None:
-    """The ComfyUI node executing right now (prompt id, node id, list index, graph signature), if any."""
-    try:
-        from comfy_execution.progress import get_progress_state
-        from comfy_execution.utils import get_executing_context
-    except ImportError:  # ComfyUI without execution contexts (older than 0.3.4x)
-        return None
-    ctx = get_executing_context()
-    if ctx is None:
-        return None
-    registry = get_progress_state()
-    graph = getattr(registry, "dynprompt", None)
-    if graph is None or getattr(registry, "prompt_id", None) != ctx.prompt_id:
-        return Origin(str(ctx.prompt_id), str(ctx.node_id), str(ctx.node_id), ctx.list_index, "")
-    try:
-        real = str(graph.get_real_node_id(ctx.node_id))
-    except Exception:  # noqa: BLE001 - an unknown ephemeral id: use the node itself
-        real = str(ctx.node_id)
-    return Origin(str(ctx.prompt_id), str(ctx.node_id), real, ctx.list_index, node_signature(graph, real))
-
-
-def executing_prompt() -> tuple[str | None, int | None]:
-    """(prompt id, list index) of the node executing right now; (None, None) outside a prompt execution."""
-    try:
-        from comfy_execution.utils import get_executing_context
-    except ImportError:
-        return None, None
-    ctx = get_executing_context()
-    return (str(ctx.prompt_id), ctx.list_index) if ctx is not None else (None, None)
-
-
-def _check_context(guider, spec: FamilySpec, branch: str, ctx) -> None:
-    """A conditioning made by another model's text encoder fails deep inside the model: say so first."""
-    try:
-        dm = guider.model_patcher.model.diffusion_model
-    except AttributeError:
-        return
-    want = expected_context_dim(dm, spec)
-    if want is None or not isinstance(ctx, torch.Tensor) or ctx.ndim != 3 or int(ctx.shape[-1]) == want:
-        return
-    raise AttentionFocusError(
-        f"the {branch} conditioning has {int(ctx.shape[-1])} features per token but this {spec.name} model "
-        f"expects {want}: encode the prompt with the text encoder made for {spec.name} (load it with the "
-        "matching CLIP loader type)")
-
-
-def _check_hooks_reachable(to: dict) -> None:
-    """Warn when another node took the attention hooks away from us (their layers go unseen)."""
-    override = to.get("optimized_attention_override")
-    if not getattr(override, "_attention_focus", False):
-        log.warning("Attention Focus: another node replaced the attention override after ours; capture and "
-                    "reweighting see nothing. Put the Attention Focus nodes after that node in the model chain.")
-    replaced = sorted(map(str, (to.get("patches_replace", {}) or {}).get("attn2", {})))
-    if replaced:
-        log.warning("Attention Focus: cross-attention of %s is replaced by another node (e.g. IPAdapter); these "
-                    "layers are neither captured nor reweighted", ", ".join(replaced))
+    m.add_wrapper_with_key("apply_model", "attention_focus_forward", apply_model_wrapper)
+    m.add_wrapper_with_key("predict_noise", "attention_focus_evaluation", predict_noise_wrapper)
+    m.add_wrapper_with_key("sampler_sample", "attention_focus_regions", sampler_sample_wrapper)
+    m.add_wrapper_with_key("outer_sample", "attention_focus_run", outer_sample_wrapper)
 
 
 def _mark_cross(n, context, value, extra_options):
@@ -411,15 +135,6 @@ def call_info(st: SharedState, to: dict, q: torch.Tensor, k: torch.Tensor, bhld:
     latent_hw = fwd.latent_hw if isinstance(fwd, ForwardInfo) else st.run.latent_hw
     return CallInfo(layer, [str(u) for u in to.get("uuids", [])], list(to.get("cond_or_uncond", [])), sigma,
                     call_id, st.run.evaluation, (int(shape[-2]), int(shape[-1])), latent_hw)
-
-
-def branch_at(st: SharedState, info: CallInfo, i: int) -> str:
-    """The branch (positive / negative / …) of the i-th batch chunk of a call."""
-    p = st.run.prompts.get(info.uids[i]) if i < len(info.uids) else None
-    if p is not None:
-        return p.branch
-    c = info.cond_or_uncond[i] if i < len(info.cond_or_uncond) else -1
-    return {0: "positive", 1: "negative"}.get(c, "other")
 
 
 def sigma_window(model_patcher, start: float, end: float) -> tuple[float, float]:

@@ -7,15 +7,17 @@ import math
 import os
 from typing import Any
 
-from . import comfy_patch as cp
 from .capture import add_capture
-from .capture_store import AttentionMaps, MapSet, select_words
+from .capture_store import AttentionMaps, MapSet
 from .cond_tokens import register
 from .errors import AttentionFocusError
+from .heatmap_view import choose_words, viewer_record
+from .hook_state import TOKENS_KEY
 from .maps_file import MapsFileError, list_maps_files, load_maps, maps_from_file, safe_output_path, save_maps
 from .provenance import record_for_image
 from .render import COLORMAPS, render_heatmaps
 from .reweight import add_reweight
+from .sampling_run import executing_prompt
 from .text_layout import context_tokens
 from .token_table import TokenTable, positional_table, restrict_streams
 from .word_syntax import parse_weights
@@ -55,7 +57,7 @@ class AttentionFocusTextEncode:
         if note:
             log.warning("Attention Focus Text Encode: %s", note)
         # each entry's table remembers the exact tensor it labels (to follow ConditioningConcat & co.)
-        return ([[t, {**d, cp.TOKENS_KEY: register(t, TokenTable(table.rows, table.words, table.encoder,
+        return ([[t, {**d, TOKENS_KEY: register(t, TokenTable(table.rows, table.words, table.encoder,
                                                                   table.text, dict(table.meta)))}]
                  for t, d in cond],)
 
@@ -67,9 +69,12 @@ _WINDOW = {
                               "tooltip": "End of the step window, as a fraction of the schedule (1 = last step)."}),
 }
 _LAYERS = ("STRING", {"default": "all", "tooltip":
-                      "Which attention layers: 'all'. UNet: 'input', 'middle', 'output', 'output.3-5', "
-                      "'input.7.0', levels 'L0' (finest) .. 'L3'. DiT: 'double' / 'single' (joint blocks, "
-                      "e.g. 'double.0-9'), 'block.2-5' (Wan, HunyuanDiT). '!item' excludes. Comma-separated."})
+                      "Which attention layers. Keep 'all' (DAAM's aggregate) to start. UNet (SD1.x/SDXL): 'L2' = "
+                      "the 16x16 grids at 512 px, Prompt-to-Prompt's choice, the most object-like maps; 'output' = "
+                      "the decoder, where the layout settles; '!L0' skips the finest, noisiest grid. For Reweight, "
+                      "'all' gives the strongest effect, 'output' or 'L1-2' a softer one. DiT: 'double' / 'single' "
+                      "(e.g. 'double.0-9'), 'block.2-5' (Wan, HunyuanDiT). Items like 'output.3-5', 'input.7.0', "
+                      "'!item' (exclude), comma-separated; a spec that matches nothing lists the model's layers."})
 
 
 class AttentionFocusCapture:
@@ -87,11 +92,12 @@ class AttentionFocusCapture:
                                "How attention heads are combined per layer: mean (as DAAM) or max."}),
         }, "optional": {
             "dit_softmax": (["all keys", "text keys"], {"default": "all keys", "tooltip":
-                            "Diffusion Transformers (SD3, Flux, ...) attend to text and image tokens in one "
-                            "softmax. 'all keys' records the share the model really gives each word (exact; "
-                            "the text's total share is below 1). 'text keys' renormalises over the prompt's "
-                            "tokens only (cheaper, sharper contrast, what most DiT heat-map tools show). "
-                            "UNet models are unaffected."}),
+                            "Only for Diffusion Transformers (SD3, Flux, Qwen-Image, ...); UNets ignore it. There "
+                            "every image patch looks at the prompt and at the other patches at once. 'all keys': "
+                            "the true share of its attention that went to each word - exact, but small "
+                            "numbers, as most attention goes to the image itself (pick it to measure). 'text "
+                            "keys': only the attention to the prompt, rescaled to 100 % - stronger contrast, like "
+                            "UNet maps and most DiT heat-map tools, a little cheaper (pick it to look)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("MODEL", ATTENTION_MAPS)
@@ -112,13 +118,13 @@ class AttentionFocusCapture:
                            node_id=str(unique_id) if unique_id is not None else "")
 
 
-def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
-    """The maps of ``branch`` from the run that made this node's ``image`` (see provenance)."""
+def _mapset(maps, branch: str, dynprompt, unique_id, input_name: str = "image") -> MapSet:
+    """The maps of ``branch`` from the run that made this node's ``input_name`` image (see provenance)."""
     if not isinstance(maps, AttentionMaps):
         raise AttentionFocusError("attention_maps must come from Attention Focus Capture or Load Maps")
     if maps.loaded is not None:
         return maps.loaded
-    prompt_id, list_index = cp.executing_prompt()
+    prompt_id, list_index = executing_prompt()
 
     def describe(node_id: str) -> str:
         try:
@@ -127,7 +133,7 @@ def _mapset(maps, branch: str, dynprompt, unique_id) -> MapSet:
             return f"node {node_id}"
 
     graph = dynprompt if unique_id is not None else None
-    record = record_for_image(maps.node_id, maps.latest, graph, str(unique_id), "image", prompt_id, list_index,
+    record = record_for_image(maps.node_id, maps.latest, graph, str(unique_id), input_name, prompt_id, list_index,
                               describe=describe)
     return record.result(branch)
 
@@ -167,8 +173,11 @@ class AttentionFocusHeatmap:
                 "image": ("IMAGE", {"tooltip": "The decoded image of the sampler that used the capture: the maps "
                                                "shown are always that run's."}),
                 "words": ("STRING", {"default": "", "multiline": False, "tooltip":
-                          "Comma-separated words or phrases of the prompt ('cat, red hat'); empty = every "
-                          "word. '#5' = token position 5; 'hat[2]' = second occurrence only."}),
+                          "Words or phrases of the prompt to map, comma-separated ('cat, red hat': a phrase "
+                          "is one map). Empty = the prompt's content words (nouns, adjectives, verbs); "
+                          "function words such as 'a', 'of', 'with' only when you type them here. 'hat[2]' = "
+                          "the second 'hat' only; '#5' = token position 5. After a run, the viewer on this "
+                          "node shows any word of the prompt with a click, without running again."}),
                 "colormap": (sorted(COLORMAPS), {"default": "turbo", "tooltip": "Colour scale of the overlay."}),
                 "opacity": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
                                       "tooltip": "Overlay strength: 0 = only the image, 1 = only the heat map."}),
@@ -183,10 +192,12 @@ class AttentionFocusHeatmap:
                          "The prompt, to label maps captured from a stock CLIPTextEncode."}),
                 "clip": ("CLIP", {"tooltip": "The CLIP that encoded the prompt (with 'text')."}),
                 "text_stream": ("STRING", {"default": "all", "tooltip":
-                                "Models whose context holds the prompt twice (SD3: CLIP and T5; HunyuanDiT: "
-                                "BERT and mT5; HiDream: T5 and Llama): 'all' merges each word's tokens from "
-                                "every stream into one map; a stream name ('clip_l', 'clip_g', 't5xxl', "
-                                "'hydit_clip', 'mt5xl', 'llama') shows that stream only."}),
+                                "Leave 'all' unless you compare text encoders. Only models that encode the prompt "
+                                "twice have several streams: SD3 'clip_l' / 't5xxl', HunyuanDiT 'hydit_clip' / "
+                                "'mt5xl', HiDream 't5xxl' / 'llama'. 'all' merges each word's tokens from every "
+                                "stream into one map; a stream name shows that encoder only. After a run the "
+                                "viewer lists this model's streams as buttons that fill this field (a text "
+                                "field, not a list: the names depend on the model loaded)."}),
             },
             "hidden": _PROVENANCE,
         }
@@ -198,7 +209,9 @@ class AttentionFocusHeatmap:
                        "One soft mask per image and word, at image size, values 0..1.")
     FUNCTION = "render"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Shows where each word of the prompt was attended, as overlays, a grid and masks."
+    DESCRIPTION = ("Shows where each word of the prompt was attended, as overlays, a grid and masks. Like any "
+                   "node that is not an output, it runs when an output uses it (e.g. grid → Save Image); after a "
+                   "run it shows an interactive viewer in the editor.")
 
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
                branch: str, text: str = "", clip=None, text_stream: str = "all", dynprompt=None, unique_id=None):
@@ -206,17 +219,20 @@ class AttentionFocusHeatmap:
             raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {opacity!r}")
         ms = _mapset(attention_maps, branch, dynprompt, unique_id)
         table = _labels(ms, text or "", clip)
+        streams = table.streams()
         if text_stream.strip().lower() not in ("", "all"):
-            streams = table.streams()
             if text_stream.strip() not in streams:
                 raise AttentionFocusError(
                     f"text_stream {text_stream.strip()!r} is not in these maps' prompt; it has "
                     f"{', '.join(streams) or 'a single unnamed stream'}. Use 'all' or one of them")
             table = restrict_streams(table, text_stream.strip())
-        names, wm = select_words(ms, table, words)
+        names, positions, wm = choose_words(ms, table, words)
         _check_image(ms, image)
         overlays, grid, masks = render_heatmaps(wm, image, names, colormap, opacity, normalization)
-        ui = {"images": _preview(grid), "attention_focus_words": list(dict.fromkeys(table.word_texts()))}
+        # the editor's viewer (web/) reads the view; it draws the static grid where it cannot show the viewer
+        view = viewer_record(ms, table, names, positions, image, colormap, opacity, normalization,
+                             text_stream.strip() or "all", streams)
+        ui = {"attention_focus_grid": _preview(grid), "attention_focus_view": [view]}
         return {"ui": ui, "result": (overlays, grid, masks)}
 
 
@@ -275,7 +291,9 @@ class AttentionFocusSaveMaps:
         save_maps(path, ms.maps.float().cpu(), meta)
         rel = os.path.relpath(path, out_dir)
         sub, name = os.path.split(rel)
-        return {"ui": {"attention_maps": [{"filename": name, "subfolder": sub, "type": "output"}]}}
+        b, t, h, w = ms.maps.shape
+        return {"ui": {"attention_maps": [{"filename": name, "subfolder": sub, "type": "output", "shape": [b, t, h, w],
+                                           "bytes": os.path.getsize(path)}]}}
 
 
 class AttentionFocusLoadMaps:
@@ -286,7 +304,9 @@ class AttentionFocusLoadMaps:
         import folder_paths
 
         files = list_maps_files(folder_paths.get_output_directory()) or [""]
-        return {"required": {"file": (files, {"tooltip": "A maps file in ComfyUI's output folder."})}}
+        return {"required": {"file": (files, {"tooltip": "A maps file in ComfyUI's output folder (written by "
+                                                   "Save Maps). The list refreshes after Save Maps runs, and "
+                                                   "with the node's 'refresh list' button."})}}
 
     RETURN_TYPES = (ATTENTION_MAPS,)
     RETURN_NAMES = ("attention_maps",)

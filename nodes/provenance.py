@@ -38,13 +38,18 @@ DEFAULT_BUDGET_MB = 1024
 @dataclass(frozen=True)
 class Origin:
     """Where a sampling run happened: ComfyUI's prompt id, the executing node (and, for nodes created by
-    an expansion, the graph node it belongs to), the list index, and that graph node's signature."""
+    an expansion, the graph node it belongs to), the list index, and the signatures of both: an image may be
+    linked to the expanding node (a group node) or to the expanded copy itself (a loop body)."""
 
     prompt_id: str
     node_id: str
     real_node_id: str
     list_index: int | None
-    signature: str
+    signature: str  # of the real (graph) node
+    node_signature: str = ""  # of the executing node, when it differs (an expanded copy)
+
+    def signatures(self) -> set[str]:
+        return {s for s in (self.signature, self.node_signature) if s}
 
 
 def _is_link(v: Any) -> bool:
@@ -123,9 +128,9 @@ class RunRegistry:
 
     def add(self, capture_id: str, record) -> None:
         origin = record.origin
-        if origin is None or not origin.signature:
+        if origin is None or not origin.signatures():
             return
-        self._records[id(record)] = ((origin.signature, capture_id), record)
+        self._records[id(record)] = ((frozenset(origin.signatures()), capture_id), record)
         total = sum(r.nbytes() for _, r in self._records.values())
         while total > self.budget and len(self._records) > 1:
             _, (_, old) = self._records.popitem(last=False)
@@ -133,7 +138,7 @@ class RunRegistry:
             self.evicted += 1
 
     def find(self, signature: str, capture_id: str) -> list:
-        return [r for k, r in self._records.values() if k == (signature, capture_id)]
+        return [r for (sigs, cap), r in self._records.values() if cap == capture_id and signature in sigs]
 
     def captures_of(self, capture_id: str) -> list:
         return [r for k, r in self._records.values() if k[1] == capture_id]

@@ -74,8 +74,13 @@ def _drawable(text: str, font) -> str:
         ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
         return text
     except (UnicodeError, ValueError, OSError):
-        plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-        return plain.encode("latin-1", "replace").decode("latin-1")
+        out = []
+        for ch in text:
+            if ord(ch) > 255:  # outside Latin-1: its base letter if it has one (ő → o), else '?'
+                base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+                ch = base if base and all(ord(c) < 256 for c in base) else "?"
+            out.append(ch)
+        return "".join(out)
 
 
 def draw_caption(image: torch.Tensor, text: str, font=None) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import comfy_patch as cp
+from .hook_state import CallInfo, RunState, SharedState, chunk_prompt
 from .attention_math import log_weight_bias, scale_value_rows
 from .errors import AttentionFocusError
 from .families import resolve_layers
@@ -43,7 +44,7 @@ class Reweighter:
     def __deepcopy__(self, memo):
         return self
 
-    def start_run(self, guider, run: cp.RunState, noise, sigmas) -> None:
+    def start_run(self, guider, run: RunState, noise, sigmas) -> None:
         """Resolve the words of every prompt of the run to weights per token position (kept in the run)."""
         hi, lo = cp.sigma_window(guider.model_patcher, self.start, self.end)
         per_uid: dict[str, dict[int, float]] = {}
@@ -76,7 +77,7 @@ class Reweighter:
                 per_uid[uid] = weights
         run.data[id(self)] = RunWeights(per_uid, hi, lo)
 
-    def row_weights(self, st: cp.SharedState, info: cp.CallInfo, batch: int, key_len: int,
+    def row_weights(self, st: SharedState, info: CallInfo, batch: int, key_len: int,
                     device) -> torch.Tensor | None:
         """(batch, key_len) weights for this call, or None when nothing applies."""
         run = st.run.data.get(id(self))
@@ -87,9 +88,10 @@ class Reweighter:
         n = max(1, len(info.uids))
         per = batch // n
         w = None
-        for i, uid in enumerate(info.uids):
-            weights = run.per_uid.get(uid)
-            if weights is None or cp.branch_at(st, info, i) not in self.branches:
+        for i in range(len(info.uids)):
+            uid, branch = chunk_prompt(st, info, i)
+            weights = run.per_uid.get(uid) if uid is not None else None
+            if weights is None or branch not in self.branches:
                 continue
             if w is None:
                 w = torch.ones(batch, key_len, dtype=torch.float32, device=device)
@@ -107,7 +109,7 @@ class Reweighter:
                 w[rows, p:key_len:length] = val
         return w
 
-    def hook(self, st: cp.SharedState, info: cp.CallInfo | None, prev, func, *args, **kwargs):
+    def hook(self, st: SharedState, info: CallInfo | None, prev, func, *args, **kwargs):
         if info is not None:
             q, k, v, heads, bhld, mask = cp.split_args(args, kwargs)
             w = self.row_weights(st, info, q.shape[0], k.shape[2] if bhld else k.shape[1], q.device)

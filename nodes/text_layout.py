@@ -46,14 +46,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .token_table import (
-    TokenTable,
-    build_table,
-    concat_tables,
-    normalize_text,
-    piece_text,
-    positional_table,
-)
+from .token_pieces import build_table, piece_text
+from .token_table import TokenTable, concat_tables, normalize_text, positional_table
 
 # Qwen2 chat-template ids that ComfyUI's QwenImageTEModel looks for (qwen_image.py, encode_token_weights)
 _QWEN_IM_START, _QWEN_USER, _QWEN_NEWLINE = 151644, 872, 198

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
+
+
+from harness.reference import UnetRecorder, naive_unet_maps
 
 
 @pytest.fixture(scope="module")
@@ -23,53 +23,6 @@ def _sample(fixtures, m, pos, neg, lat, steps=3, cfg=5.0, seed=1):
         return fixtures.sample(m, pos, neg, lat, seed=seed, steps=steps, cfg=cfg)
 
 
-class Recorder:
-    """An independent override that records q/k of every UNet cross-attention call (no Attention Focus code)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, func, *args, **kwargs):
-        q, k = args[0], args[1]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        to = kwargs["transformer_options"]
-        if k.shape[1] != q.shape[1]:  # cross-attention (sizes here never make h*w == 77)
-            self.calls.append({
-                "q": q.detach().double().clone(), "k": k.detach().double().clone(), "heads": heads,
-                "block": (to["block"][0], to["block"][1], to["block_index"]),
-                "hw": tuple(to["activations_shape"][-2:]), "cou": list(to["cond_or_uncond"]),
-            })
-        return func(*args, **kwargs)
-
-
-def _naive_maps(calls, latent_hw, batch):
-    """DAAM aggregation computed independently in float64 from recorded q/k (positive branch)."""
-    H, W = latent_hw
-    per_layer = {}
-    for c in calls:
-        q, k, heads = c["q"], c["k"], c["heads"]
-        n_chunks = len(c["cou"])
-        i = c["cou"].index(0)
-        b = q.shape[0] // n_chunks
-        q, k = q[i * b:(i + 1) * b], k[i * b:(i + 1) * b]
-        d = q.shape[-1] // heads
-        qh = q.view(b, -1, heads, d).permute(0, 2, 1, 3)
-        kh = k.view(b, -1, heads, d).permute(0, 2, 1, 3)
-        p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), -1).mean(1)  # b, hw, L
-        h, w = c["hw"]
-        grid = p.transpose(1, 2).reshape(b, -1, h, w)
-        per_layer[c["block"]] = per_layer.get(c["block"], 0) + grid
-    ups = []
-    for grid in per_layer.values():
-        h, w = grid.shape[-2:]
-        f = 1
-        while -(-H // f) != h:
-            f *= 2
-        up = F.interpolate(grid, size=(h * f, w * f), mode="bicubic", align_corners=False)[..., :H, :W]
-        ups.append(up.clamp(min=0))
-    return torch.stack(ups).mean(0)
-
-
 @pytest.mark.parametrize("family", ["sd15", "sd2v", "sdxl"])
 def test_maps_match_independent_softmax_and_output_unchanged(env, family):
     comfy, fixtures, cp = env
@@ -78,7 +31,7 @@ def test_maps_match_independent_softmax_and_output_unchanged(env, family):
     neg = fixtures.random_conditioning(family, seed=2)
     lat = torch.zeros(2, 4, 13, 9)  # odd, non-square, batch 2
 
-    rec = Recorder()
+    rec = UnetRecorder()
     plain = mp.clone()
     plain.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = rec
     base = _sample(fixtures, plain, pos, neg, lat)
@@ -90,7 +43,7 @@ def test_maps_match_independent_softmax_and_output_unchanged(env, family):
     res = maps.result("positive")
     assert res.maps.shape == (2, 77, 13, 9)
     assert res.meta["steps"] == 3
-    ref = _naive_maps(rec.calls, (13, 9), 2)
+    ref = naive_unet_maps(rec.calls, (13, 9), 2)
     assert torch.allclose(res.maps.double(), ref, rtol=1e-4, atol=1e-5), \
         (res.maps.double() - ref).abs().max()
     # the two images of the batch got their own maps
@@ -183,3 +136,26 @@ def test_foreign_override_and_attn2_replacement_are_reported(env, caplog):
     assert "('middle', 0, 0)" in caplog.text
     assert "middle.0.0" not in maps.result().meta["layers"]
     assert "input.1.0" in maps.result().meta["layers"]
+
+
+@pytest.mark.parametrize("node", ["TorchCompileModel", "ContextWindowsManual"])
+def test_set_ups_the_hooks_cannot_follow_are_refused_before_sampling(env, node):
+    """Torch Compile Model would trace the hooks once; context windows split one evaluation into several model
+    calls over parts of the latent. Both refused by name before the first step, with the fix."""
+    comfy, fixtures, cp = env
+    mp = fixtures.tiny_unet_patcher("sd15")
+    pos, neg = fixtures.random_conditioning("sd15", seed=1), fixtures.random_conditioning("sd15", seed=2)
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    if node == "TorchCompileModel":
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+        m = TorchCompileModel.execute(m, "inductor").args[0]
+        match = "Torch Compile Model"
+    else:
+        from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+        m = ContextWindowsManualNode.execute(m, 4, 1, "standard_static", 1, False, "pyramid", 0).args[0]
+        match = "context windows"
+    with pytest.raises(ValueError, match=f"cannot capture or reweight with {match}"):
+        _sample(fixtures, m, pos, neg, torch.zeros(1, 4, 8, 8))
+    assert maps.latest is None

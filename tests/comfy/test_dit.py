@@ -412,3 +412,35 @@ def test_flux_regional_attention_mask_enters_the_softmax(env):
     rec.calls = [{**c, "mask": None} for c in rec.calls]
     no_mask, _, _ = _expected_sum(rec, _layout("flux", pos, mp, LATENT), prompt_len)
     assert (no_mask[:, 2:12] - got[:, 2:12]).mean() > 0  # the mask lowered those words' share
+
+
+def test_hidream_e1_editing_is_refused_by_name(env):
+    """HiDream-E1 concatenates the edited image to the latent's width before patchify: the target's tokens
+    are strided through rows the pack does not label. Refused before the first step, never mislabelled."""
+    dfx, cp = env
+    mp, pos, neg, lat = _setup(dfx, "hidream")
+    e1 = [[pos[0][0], {**pos[0][1], "concat_latent_image": torch.zeros_like(lat)}]]
+    m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean")
+    with pytest.raises(ValueError, match="does not support HiDream-E1 editing"):
+        _sample(dfx, m, e1, neg, lat)
+    assert maps.latest is None  # no record of a refused run
+
+
+@pytest.mark.parametrize("family,extra,name", [
+    ("lumina2", {"ref_latents": [torch.zeros(1, 16, 8, 8)]}, "Z-Image Omni"),
+    ("lumina2", {"siglip_feats": [torch.zeros(1, 4, 4, 8)]}, "Z-Image Omni"),
+    ("wan21", {"reference_latent": torch.zeros(1, 16, 8, 8)}, "reference latent"),
+    ("wan21", {"time_dim_concat": torch.zeros(1, 16, 1, 8, 8)}, "Phantom"),
+    ("qwen_image", {}, "Qwen-Image-Layered"),
+])
+def test_layout_changing_inputs_are_refused_by_name(env, family, extra, name):
+    """Inputs that newer ComfyUI (or other loaders) pass to these models change where the target image sits;
+    the geometry refuses them by name (checked on the real model's spec, inputs as the model receives them)."""
+    from attention_focus.nodes.families import geometry, model_spec
+
+    dfx, cp = env
+    mp = dfx.tiny_dit_patcher(family)
+    spec = model_spec(mp)
+    x = torch.zeros(1, 16, 3, 8, 8) if family == "qwen_image" else torch.zeros(1, 16, 8, 8)
+    with pytest.raises(ValueError, match=name):
+        geometry(spec, x, torch.zeros(1, 12, 64), extra)

@@ -52,7 +52,7 @@ def _graph(ckpt, text="a photo of a cat wearing a red wizard hat", words="cat, r
 
 
 def test_text_encode_is_bit_identical_and_labels_words(comfy, loaded):
-    from attention_focus.nodes.comfy_patch import TOKENS_KEY
+    from attention_focus.nodes.hook_state import TOKENS_KEY
 
     clip = loaded[1]
     for text in ["a photo of a cat", "(red:1.3) wizard ((hat))", LONG, "a cat BREAK a dog",
@@ -98,8 +98,8 @@ def test_full_graph_writes_heatmaps_and_maps(comfy, ckpt):
     assert meta["image_size"] == [40, 72] and meta["latent_size"] == [5, 9]
     assert meta["steps"] == 3 and meta["model_family"] == "sd1"
     assert [t["word_index"] for t in meta["tokens"]][0] == -1  # BOS is special
-    assert "attention_focus_words" in res["outputs"]["8"]
-    assert "cat" in res["outputs"]["8"]["attention_focus_words"]
+    view = res["outputs"]["8"]["attention_focus_view"][0]  # the editor viewer's record (see test_viewer_data)
+    assert view["words"][:2] == ["cat", "red wizard hat"] and "photo" in view["words"] and view["batch"] == 2
 
     # the saved maps reload and render like the live capture
     rel = str(Path(saved["subfolder"]) / saved["filename"])
@@ -284,3 +284,112 @@ def test_heatmap_merges_text_streams_or_shows_one(comfy):
     torch.testing.assert_close(mask("clip_l"), expect(clip_pos))
     with pytest.raises(ValueError, match="'clip_g' is not in these maps' prompt; it has clip_l, t5xxl"):
         mask("clip_g")
+
+
+def test_reweights_do_not_pile_up_on_a_cached_model(comfy, ckpt):
+    """Issue input: loader → Reweight → Capture → KSampler, queued again and again while the loader's
+    output is cached, the weight changed 3 → 0.5 → 2 and the word cat → dog. Every result must equal a fresh
+    run of its own settings (with ComfyUI ≥ 0.13's clone, hooks added downstream used to pile up upstream)."""
+    from harness.comfy_boot import Session
+    from attention_focus.nodes.maps_file import load_maps
+
+    text = "a photo of a cat and a dog"
+
+    def graph(weights, prefix, words="cat, dog", prompt=text):
+        g = _reweighted(ckpt, weights, text=prompt)
+        g["8"]["inputs"]["words"] = words
+        g["10"]["inputs"]["filename_prefix"] = prefix
+        return g
+
+    def maps_of(res):
+        f = res["outputs"]["10"]["attention_maps"][0]
+        return load_maps(Path(comfy.folder_paths.get_output_directory()) / f["subfolder"] / f["filename"])[0]
+
+    s = Session()
+    for w in ("3.0", "0.5", "2.0"):
+        got = maps_of(s.run(graph(f"cat:{w}", f"pile/{w}")))
+    assert torch.equal(got, maps_of(Session().run(graph("cat:2.0", "pile/fresh"))))
+    got = maps_of(s.run(graph("dog:2.0", "pile/dog")))
+    assert torch.equal(got, maps_of(Session().run(graph("dog:2.0", "pile/dogfresh"))))
+    res = s.run(graph("dog:2.0", "pile/nocat", words="dog", prompt="a photo of a dog"))
+    assert res["error"] is None  # no stale 'cat' reweight survives on the cached model
+
+
+def _maps_file(comfy, name: str, meta: dict, tokens: int = 3) -> str:
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(comfy.folder_paths.get_output_directory()) / name
+    save_file({"maps": torch.zeros(1, tokens, 4, 4)}, str(path),
+              metadata={"attention_focus": json.dumps({"format": "attention-focus-maps", **meta})})
+    return name
+
+
+def _load_and_render(name: str, **heat) -> dict:
+    return {"1": {"class_type": "AttentionFocusLoadMaps", "inputs": {"file": name}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0}},
+            "3": {"class_type": "AttentionFocusHeatmap", "inputs": {
+                "attention_maps": ["1", 0], "image": ["2", 0], "words": "#1", "colormap": "turbo",
+                "opacity": 0.5, "normalization": "per word", "branch": "positive", **heat}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+
+
+@pytest.mark.parametrize("meta,field", [
+    ({"version": "abc"}, "'version'"),
+    ({"version": 1, "latent_size": [4]}, "'latent_size'"),
+    ({"version": 1, "steps": -2}, "'steps'"),
+    ({"version": 1, "layers": "input.1.0"}, "'layers'"),
+    ({"version": 1, "token_table": {"rows": "x", "words": []}}, "token table is damaged"),
+])
+def test_a_maps_file_with_damaged_metadata_names_the_field(comfy, meta, field):
+    name = _maps_file(comfy, f"damaged_{abs(hash(str(meta)))}.safetensors", meta)
+    res = comfy.run(_load_and_render(name), expect_error=True)
+    msg = res["error"]["exception_message"]
+    assert field in msg and "save the maps again" in msg, msg
+
+
+def test_bad_values_through_the_api_name_the_input(comfy, ckpt):
+    name = _maps_file(comfy, "fine.safetensors", {"version": 1})
+    res = comfy.run(_load_and_render(name, opacity=float("nan")), expect_error=True)
+    assert "opacity must be a number from 0 to 1" in res["error"]["exception_message"]
+    g = _graph(ckpt)
+    g["10"]["inputs"]["filename_prefix"] = "maps/" + "x" * 300
+    msg = comfy.run(g, expect_error=True)["error"]["exception_message"]
+    assert msg.startswith("filename_prefix") and "shorten it" in msg
+    res = comfy.run(_reweighted(ckpt, "red:1e39"), expect_error=True)
+    assert "'1e39' (the weight of 'red') is outside the usable range" in res["error"]["exception_message"]
+    res = comfy.run(_reweighted(ckpt, "red:40, red wizard:40"), expect_error=True)
+    msg = res["error"]["exception_message"]
+    assert "the product 1600 of the weights of 'red', 'red wizard' on one token" in msg
+
+
+def test_captions_never_fail_the_node(comfy, loaded, monkeypatch):
+    """Non-Latin words with Pillow's bitmap default font (no FreeType / Pillow < 10.1) are drawn simplified."""
+    from PIL import ImageFont
+
+    from attention_focus.nodes import render
+
+    bitmap = ImageFont.load_default_imagefont() if hasattr(ImageFont, "load_default_imagefont") else \
+        ImageFont.load_default()
+    monkeypatch.setattr(render, "_font", lambda size: bitmap)
+    model, clip, vae = loaded
+    nm = comfy.nodes.NODE_CLASS_MAPPINGS
+    with torch.inference_mode():
+        pos = nm["AttentionFocusTextEncode"]().encode(clip, "a 猫 in Tokyo, café")[0]
+        neg = comfy.nodes.CLIPTextEncode().encode(clip, "")[0]
+        m, maps = nm["AttentionFocusCapture"]().patch(model, "all", "positive", 0.0, 1.0, "mean")
+        lat = comfy.nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        samples = comfy.nodes.common_ksampler(m, 1, 2, 4.0, "euler", "normal", pos, neg, lat)[0]
+        image = vae.decode(samples["samples"])
+        res = nm["AttentionFocusHeatmap"]().render(maps, image, "猫, café", "turbo", 0.5, "per word", "positive")
+    assert res["result"][0].shape[0] == 2
+
+
+def test_default_word_list_keeps_emoji_and_embedding_names_resolve(comfy, loaded):
+    from attention_focus.nodes.text_layout import context_tokens
+    from attention_focus.nodes.token_table import resolve
+
+    clip = loaded[1]
+    table = context_tokens(clip, "a 🐱 in Tokyo")[0]
+    assert "🐱" in table.word_texts() and resolve(table, "🐱")

@@ -257,7 +257,7 @@ def test_table_has_one_row_per_conditioning_position(family, clips):
 
 @pytest.mark.parametrize("family", ["flux", "sd3", "qwen_image", "hunyuan_dit"])
 def test_text_encode_node_stays_bit_identical(family, clips, comfy):
-    from attention_focus.nodes.comfy_patch import TOKENS_KEY
+    from attention_focus.nodes.hook_state import TOKENS_KEY
 
     clip = clips(family)
     with torch.inference_mode():
@@ -455,7 +455,7 @@ def test_hunyuan_dit_bert_then_mt5(clips):
 
 
 def test_unknown_layout_gives_positions_and_a_note(clips, comfy, caplog):
-    from attention_focus.nodes.comfy_patch import TOKENS_KEY
+    from attention_focus.nodes.hook_state import TOKENS_KEY
     from attention_focus.nodes.text_layout import context_tokens
 
     clip = clips("hunyuan_video")

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 NODES = ["AttentionFocusTextEncode", "AttentionFocusCapture", "AttentionFocusHeatmap", "AttentionFocusSaveMaps",
-         "AttentionFocusLoadMaps", "AttentionFocusReweight"]
+         "AttentionFocusLoadMaps", "AttentionFocusReweight", "AttentionFocusCompare"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,25 @@ def test_every_node_is_registered_with_tooltips(server):
     assert not bad, bad
     # the front-end extension is served
     assert any("attention_focus" in p for p in server.get("/extensions"))
+
+
+def test_templates_have_thumbnails_and_notes(server):
+    """Every example workflow is a template with a picture (no 404 in the template browser) and a note."""
+    import urllib.request
+
+    names = server.get("/workflow_templates")["attention_focus"]
+    assert sorted(names) == sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    for name in names:
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/attention_focus/{name}.jpg") as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and 5_000 < len(r.read()) < 100_000
+        wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+        notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
+        assert notes and "**Model" in notes[0]["widgets_values"][0], name
+        loaders = [n for n in wf["nodes"] if n["type"].endswith("Loader") or n["type"] == "CheckpointLoaderSimple"]
+        for node in loaders:  # the front end offers the download of a missing model from these entries
+            models = node["properties"]["models"]
+            assert {m["name"] for m in models} <= set(node["widgets_values"]), node["type"]
+            assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] for m in models)
 
 
 def test_bundled_example_workflow_runs_and_writes_files(server):
@@ -118,6 +137,11 @@ def test_reweight_example_workflow_side_by_side(server):
     out = server.base / "output" / "attention_focus"
     imgs = sorted(out.glob("reweight_images_*.png"))
     grids = sorted(out.glob("reweight_heatmaps_*.png"))
-    assert len(imgs) == 2 and len(grids) == 2
+    assert len(imgs) == 2 and len(grids) == 1
     a, b = (np.asarray(Image.open(p)) for p in imgs)
     assert a.shape == b.shape and not np.array_equal(a, b), "reweighting must change the image"
+    # one grid, two rows (plain, reweighted) of image + 3 words, the rows captioned with their weights
+    grid = np.asarray(Image.open(grids[0]))
+    assert grid.shape[:2] == (2 * 64 + 3 * 2, 4 * 64 + 5 * 2)
+    compare = next(o for o in hist["outputs"].values() if "attention_focus_labels" in o)
+    assert compare["attention_focus_labels"] == ["no reweighting", "reweighted: red wizard hat:2.0, cat:0.5"]

@@ -120,6 +120,9 @@ def boot() -> types.SimpleNamespace:
     spec.loader.exec_module(pack)
     nodes.NODE_CLASS_MAPPINGS.update(pack.NODE_CLASS_MAPPINGS)
     nodes.NODE_DISPLAY_NAME_MAPPINGS.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    from harness.test_nodes import NODES as test_nodes
+
+    nodes.NODE_CLASS_MAPPINGS.update(test_nodes)  # test-only graph shapes (interrupts, multi-pass, expansion)
     import comfy.ldm.modules.attention as attention
 
     _state = types.SimpleNamespace(
@@ -129,26 +132,46 @@ def boot() -> types.SimpleNamespace:
     return _state
 
 
+class Session:
+    """One ComfyUI PromptExecutor kept across prompts, as the server keeps it: node outputs are cached
+    between ``run`` calls the way ``cache`` says (``classic``, ``lru``, ``ram`` = RAM pressure, ``none``)."""
+
+    def __init__(self, cache: str = "classic", lru: int = 0, ram: float = 4.0) -> None:
+        st = boot()
+        kinds = {"classic": st.execution.CacheType.CLASSIC, "lru": st.execution.CacheType.LRU,
+                 "ram": st.execution.CacheType.RAM_PRESSURE, "none": st.execution.CacheType.NONE}
+        self.server = _Server()
+        self.executor = st.execution.PromptExecutor(self.server, cache_type=kinds[cache],
+                                                    cache_args=_CacheArgs(lru=lru, ram=ram))
+        self.execution = st.execution
+
+    def run(self, prompt: dict, *, expect_error: bool = False) -> dict:
+        """Validate and execute ``prompt``; as ``run_prompt``, plus "executed": the node ids that ran."""
+        pid = str(uuid.uuid4())
+        valid = asyncio.run(self.execution.validate_prompt(pid, prompt, None))
+        if not valid[0]:
+            if expect_error:
+                return {"validation": valid[1], "node_errors": valid[3], "error": valid[1]}
+            raise AssertionError(f"prompt did not validate: {valid[1]} {valid[3]}")
+        start = len(self.server.messages)
+        ex = self.executor
+        ex.execute(prompt, pid, {"client_id": "attention-focus-tests"}, valid[2])
+        error = next((d for e, d in ex.status_messages if e == "execution_error"), None)
+        if error is not None and not expect_error:
+            raise AssertionError(f"execution failed: {error.get('exception_message')}\n"
+                                 + "".join(error.get("traceback", [])))
+        executed = [d.get("node") for e, d in self.server.messages[start:]
+                    if e == "executing" and isinstance(d, dict) and d.get("node") is not None]
+        return {"outputs": ex.history_result.get("outputs", {}) if ex.success else {},
+                "messages": ex.status_messages, "executor": ex, "error": error, "executed": executed,
+                "prompt_id": pid}
+
+
 def run_prompt(prompt: dict, *, expect_error: bool = False) -> dict:
-    """Validate and execute an API-format prompt with ComfyUI's own executor.
+    """Validate and execute an API-format prompt with a fresh ComfyUI executor (nothing cached).
 
     Returns {"outputs": ui outputs per node, "messages": [...], "executor": PromptExecutor,
     "error": execution_error data or None}. Validation failures raise AssertionError with ComfyUI's
     node_errors unless ``expect_error`` (then they are returned under "validation").
     """
-    st = boot()
-    pid = str(uuid.uuid4())
-    valid = asyncio.run(st.execution.validate_prompt(pid, prompt, None))
-    if not valid[0]:
-        if expect_error:
-            return {"validation": valid[1], "node_errors": valid[3], "error": valid[1]}
-        raise AssertionError(f"prompt did not validate: {valid[1]} {valid[3]}")
-    server = _Server()
-    ex = st.execution.PromptExecutor(server, cache_type=False, cache_args=_CacheArgs(lru=0, ram=0))
-    ex.execute(prompt, pid, {}, valid[2])
-    error = next((d for e, d in ex.status_messages if e == "execution_error"), None)
-    if error is not None and not expect_error:
-        raise AssertionError(f"execution failed: {error.get('exception_message')}\n"
-                             + "".join(error.get("traceback", [])))
-    return {"outputs": ex.history_result.get("outputs", {}) if ex.success else {},
-            "messages": ex.status_messages, "executor": ex, "error": error}
+    return Session().run(prompt, expect_error=expect_error)

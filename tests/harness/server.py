@@ -125,10 +125,12 @@ class ComfyServer:
 
 
 @contextlib.contextmanager
-def running_server(prefix: str, models: dict[str, list[Path]] | None = None) -> Iterator[ComfyServer]:
+def running_server(prefix: str, models: dict[str, list[Path]] | None = None,
+                   extra_args: tuple[str, ...] | list[str] = ()) -> Iterator[ComfyServer]:
     """A ComfyServer on a fresh base folder whose checkpoints hold the random SD1.5 fixture.
 
-    ``models`` links more files into model folders: ``{"diffusion_models": [path], ...}``.
+    ``models`` links more files into model folders: ``{"diffusion_models": [path], ...}``;
+    ``extra_args`` go to main.py (e.g. ``["--cache-lru", "8"]`` or ``--front-end-root <static folder>``).
     """
     from harness.comfy_boot import comfyui_path
     from harness.fixtures import sd15_checkpoint
@@ -142,6 +144,6 @@ def running_server(prefix: str, models: dict[str, list[Path]] | None = None) -> 
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
         for path in paths:
             (base / "models" / folder / path.name).symlink_to(path)
-    with ComfyServer(base, comfyui_path(), python=sys.executable) as srv:
+    with ComfyServer(base, comfyui_path(), python=sys.executable, extra_args=extra_args) as srv:
         srv.ckpt = ckpt.name
         yield srv

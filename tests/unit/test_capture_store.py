@@ -24,7 +24,8 @@ from attention_focus.nodes.capture_store import (
 )
 from attention_focus.nodes.errors import AttentionFocusError
 from attention_focus.nodes.layer_spec import LayerKey
-from attention_focus.nodes.token_table import build_table, positional_table
+from attention_focus.nodes.token_pieces import build_table
+from attention_focus.nodes.token_table import positional_table
 
 L0 = LayerKey("input", 1, 0, 0)
 L1 = LayerKey("output", 6, 0, 1)

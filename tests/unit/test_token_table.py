@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from attention_focus.nodes.token_pieces import build_table, piece_text
 from attention_focus.nodes.token_table import (
     TokenTable,
     WordNotFound,
-    build_table,
     concat_tables,
     find_positions,
     normalize_text,
-    piece_text,
     positional_table,
     resolve,
     restrict_streams,
@@ -237,6 +236,10 @@ def test_embedding_vectors_become_named_words(table):
     assert not myemb.punctuation
     assert resolve(t, "style2") == style2.positions
     assert resolve(t, "myemb") == myemb.positions
+    # typed as it stands in the prompt
+    assert resolve(t, "embedding:myemb") == myemb.positions
+    assert resolve(t, "Embedding:style2") == style2.positions
+    assert resolve(t, "embedding:style2 oil") == style2.positions + _word(t, "oil").positions
 
 
 def test_embedding_split_by_chunk_end_stays_one_word():
