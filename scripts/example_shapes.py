@@ -7,11 +7,11 @@ from __future__ import annotations
 from make_example_workflows import AFTER_RUN, VIEWER_WIDTH, Graph, note
 
 SHAPES_CKPT = "attention-focus-shapes.safetensors"
-SHAPES_PROMPT = "a red circle above a blue square"  # held out: never a training caption
-SHAPES_WORDS = "red, circle, above, blue, square"
-SHAPES_COLOUR = "red"
+SHAPES_PROMPT = "a green square above a blue circle"  # held out: never a training caption (unit-tested)
+SHAPES_WORDS = "green, square, above, blue, circle"
+SHAPES_COLOUR = "green"
 SHAPES_SEED = 1
-DOWN, UP = 0.0, 3.0
+DOWN, UP = 0.0, 1.5
 SHAPES_NOTE = ("**Model:** the pack's embedded demo model, a tiny SD3-shaped MMDiT trained on drawn shapes "
                "(README, *The demo model*). `bash scripts/demo.sh` builds the full checkpoint (with its CLIP-L, "
                "regenerated from a seed) and runs this workflow on it. The prompt is held out from training; "

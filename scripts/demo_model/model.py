@@ -31,10 +31,7 @@ CONTEXT_WIDTH = 4096
 POOLED_WIDTH = 2048
 
 
-def mmdit_config(depth: int, ctx_in: int, adm: int | None = None, x_self_attn: bool = False,
-                 qk_norm: bool = False) -> dict:
-    """ComfyUI's unet_config of the MMDiT. ``x_self_attn``: every block also has an image-only attention
-    (``x_block.attn2``, SD3.5's MMDiT-X); ``qk_norm``: RMS-normalised q and k (SD3.5)."""
+def mmdit_config(depth: int, ctx_in: int, adm: int | None = None) -> dict:
     cfg = dict(in_channels=16, out_channels=16, patch_size=2, depth=depth, input_size=None,
                 context_embedder_config={"target": "torch.nn.Linear",
                                          "params": {"in_features": ctx_in, "out_features": 64 * depth}},
@@ -42,15 +39,10 @@ def mmdit_config(depth: int, ctx_in: int, adm: int | None = None, x_self_attn: b
                 x_block_self_attn_layers=[])
     if adm:
         cfg["adm_in_channels"] = adm
-    if x_self_attn:
-        cfg["x_block_self_attn_layers"] = list(range(depth))
-    if qk_norm:
-        cfg["qk_norm"] = "rms"
     return cfg
 
 
-def build_mmdit(depth: int, ctx_in: int = 768, seed: int = 0, device: str = "cpu", adm: int | None = POOLED_WIDTH,
-                x_self_attn: bool = False, qk_norm: bool = False):
+def build_mmdit(depth: int, ctx_in: int = 768, seed: int = 0, device: str = "cpu", adm: int | None = POOLED_WIDTH):
     """ComfyUI's SD3 MMDiT (hidden 64·depth, depth heads, depth joint blocks), adaLN-Zero initialised.
 
     ``adm``: width of the pooled text vector (SD3: 2048 = CLIP-L 768 + CLIP-G 1280, zeros here), embedded by
@@ -59,8 +51,7 @@ def build_mmdit(depth: int, ctx_in: int = 768, seed: int = 0, device: str = "cpu
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper, get_2d_sincos_pos_embed
 
-    m = OpenAISignatureMMDITWrapper(**mmdit_config(depth, ctx_in, adm, x_self_attn, qk_norm), device=device,
-                                    dtype=torch.float32,
+    m = OpenAISignatureMMDITWrapper(**mmdit_config(depth, ctx_in, adm), device=device, dtype=torch.float32,
                                     operations=comfy.ops.disable_weight_init)
     if device == "meta":
         return m
@@ -69,8 +60,6 @@ def build_mmdit(depth: int, ctx_in: int = 768, seed: int = 0, device: str = "cpu
         for name, p in m.named_parameters():
             if name.endswith("bias"):
                 p.zero_()
-            elif p.ndim == 1:  # q/k RMSNorm scales
-                p.fill_(1.0)
             elif "adaLN_modulation" in name or name.startswith("final_layer.linear"):
                 p.zero_()  # adaLN-Zero: every block starts as the identity, the output as zero
             elif name.startswith("t_embedder"):

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 # everything that changes the result (the work folder must have been made with the same values)
 RECIPE_KEYS = ("seed", "captions", "renders", "vae_steps", "vae_crop", "vae_batch", "vae_lr", "depth", "dit_steps",
-               "batch", "lr", "ground", "ground_classes", "pooled", "x_self_attn", "qk_norm")
+               "batch", "lr", "ground", "ground_classes", "ground_pixel", "pooled")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -41,21 +41,21 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--captions", type=int, default=2400, help="distinct training captions")
     ap.add_argument("--renders", type=int, default=3, help="drawings per caption")
-    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-crop", type=int, default=32)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--depth", type=int, default=2, help="MMDiT depth: hidden 64*depth, depth heads and blocks")
-    ap.add_argument("--dit-steps", type=int, default=12000)
+    ap.add_argument("--dit-steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--ground", type=float, default=0.5, help="weight of the attention-grounding loss (0: off)")
-    ap.add_argument("--ground-classes", default="shape,colour", help="word classes the grounding loss covers")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ground", type=float, default=1.0, help="weight of the attention-grounding loss (0: off)")
+    ap.add_argument("--ground-classes", default="shape,colour,size,relation",
+                    help="word classes the grounding loss covers")
+    ap.add_argument("--ground-pixel", type=float, default=0.0, help="weight of the grounding loss's coverage "
+                    "term (a word's map / its maximum = the object's coverage; 0: off)")
     ap.add_argument("--pooled", type=int, default=1, help="1: the pooled CLIP-L vector conditions the MMDiT "
                     "through SD3's y_embedder (adaLN); 0: context tokens only")
-    ap.add_argument("--x-self-attn", type=int, default=1, help="1: an image-only attention in every block "
-                    "(SD3.5's MMDiT-X x_block.attn2)")
-    ap.add_argument("--qk-norm", type=int, default=1, help="1: RMS-normalised q and k (SD3.5)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     ap.add_argument("--parallel-vae", type=int, default=1,
                     help="1: train the VAE decoder in a second process (1 thread) while the MMDiT trains")
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     from .train_dit import train_dit
 
     ema, _ = train_dit(work, data, args.depth, args.dit_steps, args.batch, args.lr, args.ground, args.seed,
-                       pooled=bool(args.pooled), x_self_attn=bool(args.x_self_attn), qk_norm=bool(args.qk_norm))
+                       pooled=bool(args.pooled), ground_pixel=args.ground_pixel)
     timed("dit", t0)
     if args.stop_after == "dit":
         return 0

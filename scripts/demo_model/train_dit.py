@@ -10,7 +10,10 @@ Optional attention grounding (``ground > 0``, a TokenCompose-style token loss, W
 joint block, for the caption tokens of the chosen word classes, the image queries' attention to that token
 (the model's own softmax over all keys, averaged over heads) should fall inside the object the word names:
 ``(1 − Σ_in A / Σ A)²``, averaged over those tokens and the blocks. It only asks where a word's attention
-goes, not how much there is; the model's attention stays ComfyUI's ordinary joint attention.
+goes, not how much there is; the model's attention stays ComfyUI's ordinary joint attention. That term is
+met by a single peak inside the object; the pixel term (``ground_pixel`` > 0, after TokenCompose's pixel
+loss) also asks the map to cover it: the map divided by its maximum should equal the object's patch
+coverage, ``mean((A / max A − coverage)²)`` — what a thresholded heat map (DAAM) is judged by.
 """
 
 from __future__ import annotations
@@ -30,12 +33,10 @@ SHIFT = 3.0
 
 class AttentionProbe:
     """``optimized_attention_override`` for training: plain softmax attention that also keeps, per joint
-    block, the image queries' head-mean probabilities over the first ``n_txt`` (text) keys. Only joint calls
-    (``joint_len`` = text + image tokens) are recorded, not MMDiT-X's image-only attention."""
+    block, the image queries' head-mean probabilities over the first ``n_txt`` (text) keys."""
 
     def __init__(self, n_txt: int = 77) -> None:
         self.n_txt = n_txt
-        self.joint_len = 0
         self.maps: list[torch.Tensor] = []
 
     def __call__(self, func, q, k, v, heads, *args, **kwargs):
@@ -43,18 +44,22 @@ class AttentionProbe:
         d = dim // heads
         qh, kh, vh = (t.view(b, n, heads, d).transpose(1, 2) for t in (q, k, v))
         p = (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
-        if n == self.joint_len:
-            self.maps.append(p[:, :, self.n_txt:, :self.n_txt].mean(1))
+        self.maps.append(p[:, :, self.n_txt:, :self.n_txt].mean(1))
         return (p @ vh).transpose(1, 2).reshape(b, n, dim)
 
 
-def ground_loss(maps: list[torch.Tensor], target: torch.Tensor, sup: torch.Tensor) -> torch.Tensor:
-    """TokenCompose token loss: maps (B, n_img, T) per block, target (B, n_img, T) coverage, sup (B, T)."""
+def ground_loss(maps: list[torch.Tensor], target: torch.Tensor, sup: torch.Tensor, pixel: float = 0.0
+                ) -> torch.Tensor:
+    """TokenCompose token loss (+ ``pixel`` × the coverage term): maps (B, n_img, T) per block, target
+    (B, n_img, T) coverage, sup (B, T)."""
     n = sup.sum().clamp(min=1)
     total = 0.0
     for a in maps:
         ratio = (a * target).sum(1) / (a.sum(1) + 1e-8)
         total = total + (((1 - ratio) ** 2) * sup).sum() / n
+        if pixel > 0:
+            err = ((a / (a.amax(1, keepdim=True) + 1e-8) - target) ** 2).mean(1)
+            total = total + pixel * (err * sup).sum() / n
     return total / len(maps)
 
 
@@ -64,12 +69,11 @@ def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: float, ground: float, seed: int,
-              ema_decay: float = 0.999, p_uncond: float = 0.1, pooled: bool = True, x_self_attn: bool = False,
-              qk_norm: bool = False) -> tuple[torch.nn.Module, float]:
+              ema_decay: float = 0.999, p_uncond: float = 0.1, pooled: bool = True,
+              ground_pixel: float = 0.0) -> tuple[torch.nn.Module, float]:
     """``data``: latents (N, 16, h, w), image_caption (N,) caption index, context (C + 1, 77, 768) and pooled
     (C + 1, 768) with the empty prompt last, target (N, n_img, 77), sup (N, 77). Returns (EMA model, seconds)."""
-    model = build_mmdit(depth, data["context"].shape[-1], seed, adm=POOLED_WIDTH if pooled else None,
-                        x_self_attn=x_self_attn, qk_norm=qk_norm)
+    model = build_mmdit(depth, data["context"].shape[-1], seed, adm=POOLED_WIDTH if pooled else None)
     model.train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -101,7 +105,6 @@ def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: fl
         eps = torch.randn(x0.shape, generator=gen)
         xt = s[:, None, None, None] * eps + (1 - s[:, None, None, None]) * x0
         probe.maps = []
-        probe.joint_len = probe.n_txt + (x0.shape[-2] // 2) * (x0.shape[-1] // 2)
         out = model(xt, s * 1000, context=context, y=y,
                     transformer_options={"optimized_attention_override": probe})
         mse = F.mse_loss(out, eps - x0)
@@ -109,7 +112,7 @@ def train_dit(work: Path, data: dict, depth: int, steps: int, batch: int, lr: fl
         vals = {"mse": mse.item()}
         if ground > 0:
             sp = sup[idx] & ~drop[:, None]
-            g = ground_loss(probe.maps, target[idx].float(), sp.float())
+            g = ground_loss(probe.maps, target[idx].float(), sp.float(), ground_pixel)
             loss = loss + ground * g
             vals["ground"] = g.item()
         opt.zero_grad(set_to_none=True)

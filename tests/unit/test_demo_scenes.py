@@ -74,3 +74,32 @@ def test_objects_are_found_again_by_colour(sampled):
             got, want = S.colour_mask(img, o.colour), m > 0.5
             ious.append((got & want).sum() / (got | want).sum())
     assert min(ious) > 0.8 and np.mean(ious) > 0.93, (min(ious), np.mean(ious))
+
+
+def test_grounding_loss_asks_for_the_object_and_its_coverage():
+    """The token term is met by any map inside the object; the pixel term only by one that covers it."""
+    import torch
+
+    from demo_model.train_dit import ground_loss
+
+    cover = torch.zeros(1, 16, 2)
+    cover[0, 4:8, 0] = 1.0  # token 0 names an object over image tokens 4..7
+    sup = torch.tensor([[True, False]])
+    full, peak, outside = (torch.full((1, 16, 2), 1e-6) for _ in range(3))
+    full[0, 4:8, 0] = 0.1
+    peak[0, 5, 0] = 0.1
+    outside[0, 10:14, 0] = 0.1
+    for m in (full, peak):
+        assert ground_loss([m], cover, sup.float()) < 1e-3
+    assert ground_loss([outside], cover, sup.float()) > 0.9
+    assert ground_loss([full], cover, sup.float(), pixel=1.0) < 1e-3
+    assert ground_loss([peak], cover, sup.float(), pixel=1.0) > 0.1
+
+
+def test_the_demo_prompt_is_held_out():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import example_shapes
+
+    assert S.is_heldout(example_shapes.SHAPES_PROMPT)
+    words = S.caption_words(example_shapes.SHAPES_PROMPT)
+    assert all(w in words for w in example_shapes.SHAPES_WORDS.split(", ")) and example_shapes.SHAPES_COLOUR in words
