@@ -58,6 +58,7 @@ OUTPUTS = {
     "AttentionFocusSegment": [("label_image", "IMAGE"), ("masks", "MASK")],
     "AttentionFocusCompare": [("grid", "IMAGE")],
     "MarkdownNote": [],
+    "ImageStitch": [("IMAGE", "IMAGE")],
 }
 INPUTS = {
     "AttentionFocusTextEncode": [("clip", "CLIP")],
@@ -79,6 +80,7 @@ INPUTS = {
     "AttentionFocusSegment": [("attention_maps", "ATTENTION_MAPS"), ("image", "IMAGE")],
     "AttentionFocusCompare": [("maps_a", "ATTENTION_MAPS"), ("image_a", "IMAGE"), ("maps_b", "ATTENTION_MAPS"),
                               ("image_b", "IMAGE")],
+    "ImageStitch": [("image1", "IMAGE"), ("image2", "IMAGE")],
 }
 # widget values of the capture node after its first six: method, history_mb, history_stride, history_layers,
 # influence_words, influence_steps (defaults: fast, no history, no influence)
@@ -317,10 +319,12 @@ def history_segmentation() -> Graph:
 
 
 def main() -> None:
+    from example_shapes import shapes
     from thumbnails import draw_thumbnail
 
     OUT.mkdir(exist_ok=True)
-    for name, graph, title in (("attention_focus_heatmaps", heatmaps(), "Heat maps of every word"),
+    for name, graph, title in (("attention_focus_shapes", shapes(), "Demo model: shapes that localise"),
+                               ("attention_focus_heatmaps", heatmaps(), "Heat maps of every word"),
                                ("attention_focus_reweight", reweight(), "Reweight and compare"),
                                ("attention_focus_flux", flux(), "Flux.1: capture and reweight"),
                                ("attention_focus_history_segmentation", history_segmentation(),
