@@ -4,7 +4,7 @@ model, and the same seed with its colour word weighted down and up, side by side
 
 from __future__ import annotations
 
-from make_example_workflows import AFTER_RUN, VIEWER_WIDTH, Graph, note
+from make_example_workflows import AFTER_RUN, CAPTURE_DEFAULTS, HEATMAP_DEFAULTS, VIEWER_WIDTH, Graph, note
 
 SHAPES_CKPT = "attention-focus-shapes.safetensors"
 SHAPES_PROMPT = "a green square above a blue circle"  # held out: never a training caption (unit-tested)
@@ -29,7 +29,8 @@ def shapes() -> Graph:
     lat = g.add("EmptySD3LatentImage", [128, 128, 1], (350, 400))
     g.link(ck, 1, pos, "clip")
     g.link(ck, 1, neg, "clip")
-    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys"], (720, 0))
+    cap = g.add("AttentionFocusCapture", ["all", "positive", 0.0, 1.0, "mean", "all keys", *CAPTURE_DEFAULTS],
+                (720, 0))
     g.link(ck, 0, cap, "model")
     decoded = {}
     for i, (tag, model, w) in enumerate((("plain", (cap, 0), None), ("down", None, DOWN), ("up", None, UP))):
@@ -49,7 +50,8 @@ def shapes() -> Graph:
         g.link(ck, 2, dec, "vae")
         decoded[tag] = dec
     x = 1800
-    hm = g.add("AttentionFocusHeatmap", [SHAPES_WORDS, "turbo", 0.6, "per word", "positive", "all"], (x, 0),
+    hm = g.add("AttentionFocusHeatmap", [SHAPES_WORDS, "turbo", 0.6, "per word", "positive", "all",
+                                         *HEATMAP_DEFAULTS], (x, 0),
                size=(VIEWER_WIDTH, 250))
     g.link(cap, 1, hm, "attention_maps")
     g.link(decoded["plain"], 0, hm, "image")
