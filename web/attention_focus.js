@@ -166,14 +166,21 @@ function showSaved(node, message) {
   refreshLoadMaps();
 }
 
-// Workflows saved by versions before 0.3 hold the old "prompt words" widget's value as a 7th value; the
-// front end's widget-value migration then shifted it into text_stream. Drop the surplus before that runs.
-function dropSurplusValues(nodeType) {
+// Workflows saved by versions before 0.3 hold the old "prompt words" widget's value after the Heatmap node's six
+// widgets of that time; the front end's widget-value migration then shifted it into text_stream, and since the
+// node gained mask_mode it would land there. Drop it (and any surplus) before the values are assigned.
+const LEGACY_VALUES = { AttentionFocusHeatmap: { length: 7, keep: 6, check: (v) => !["soft", "threshold", "otsu"].includes(v) } };
+
+function dropSurplusValues(nodeType, name) {
   const configure = nodeType.prototype.configure;
+  const legacy = LEGACY_VALUES[name];
   nodeType.prototype.configure = function (info) {
     const n = (this.widgets || []).filter((w) => w.serialize !== false).length;
-    if (n && Array.isArray(info?.widgets_values) && info.widgets_values.length > n) {
-      info = { ...info, widgets_values: info.widgets_values.slice(0, n) };
+    const values = info?.widgets_values;
+    if (Array.isArray(values) && legacy && values.length === legacy.length && legacy.check(values[legacy.keep])) {
+      info = { ...info, widgets_values: values.slice(0, legacy.keep) };
+    } else if (n && Array.isArray(values) && values.length > n) {
+      info = { ...info, widgets_values: values.slice(0, n) };
     }
     return configure.call(this, info);
   };
@@ -199,7 +206,7 @@ app.registerExtension({
     };
     const onExecuted = nodeType.prototype.onExecuted;
     if (VIEWER_NODES.has(nodeData.name)) {
-      if (nodeData.name === "AttentionFocusHeatmap") dropSurplusValues(nodeType);
+      if (nodeData.name === "AttentionFocusHeatmap") dropSurplusValues(nodeType, nodeData.name);
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
         showHeatmap(this, message);

@@ -190,3 +190,37 @@ def test_new_nodes_in_a_real_graph(comfy):
     assert out["8"]["animated"] == [True] and out["8"]["text"][0].startswith("history: ")
     for node in ("10", "12", "14", "16"):
         assert out[node]["images"], node
+
+
+def test_heatmap_viewer_gets_the_history_as_step_and_layer_frames(runs):
+    """The Heatmap node's view file carries the capture's real history: one step frame per history frame and one
+    layer frame per group, each the word's mean probability per layer and evaluation (computed here from the raw
+    history), to 8-bit precision."""
+    from attention_focus.nodes.viewer_data import dequantize, read_view, view_dir
+
+    comfy, ((maps, image), _) = runs
+    res = _node(comfy, "AttentionFocusHeatmap").render(maps, image, "cat", "turbo", 0.6, "per word", "positive")
+    (ui,) = res["ui"]["attention_focus_view"]
+    tensors, header = read_view(view_dir(comfy.folder_paths.get_temp_directory()) / f"{ui['id']}.view.safetensors")
+    ms = maps.result()
+    meta, hist = ms.meta["history"], ms.extra["history"].double()  # (T, G, B, K, h, w)
+    assert [w["text"] for w in header["words"]][0] == "cat"
+    steps, layers = header["frames"]["steps"], header["frames"]["layers"]
+    assert len(steps["labels"]) == len(meta["frames"]) == 4 and steps["labels"][0].startswith("1/4, sigma ")
+    assert layers["labels"] == meta["groups"]
+    from attention_focus.nodes.token_table import resolve
+
+    col = [meta["tokens"].index(p) for p in resolve(ms.tokens, "cat")]
+    word = hist[:, :, :, col].mean(3)  # (T, G, B, h, w)
+    members = [len(g) for g in meta["group_layers"]]
+    ev = [int(f[1]) - int(f[0]) + 1 for f in meta["frames"]]
+    exp_steps = word.sum(1) / (sum(members) * torch.tensor(ev, dtype=torch.float64)[:, None, None, None])
+    exp_layers = word.sum(0) / (torch.tensor(members, dtype=torch.float64)[:, None, None, None] * sum(ev))
+    for kind, exp, fr in (("steps", exp_steps, steps), ("layers", exp_layers, layers)):
+        q = tensors[f"frames.{kind}"]  # (B, frames, words, h, w)
+        lo, hi = torch.tensor(fr["lo"]), torch.tensor(fr["hi"])
+        got = dequantize(q, lo, hi)[0, :, 0].double()
+        step = float((hi - lo).max()) / 255
+        assert got.shape == exp[:, 0].shape
+        torch.testing.assert_close(got, exp[:, 0], atol=step, rtol=0)
+        assert float(exp[:, 0].std()) > 10 * step  # the frames differ: the check is not trivially met

@@ -102,23 +102,32 @@ def test_history_budget_too_small_leaves_a_reason(env, caplog):
     assert "history" not in maps.result().extra and "below one frame" in maps.result().meta["history"]["error"]
 
 
-@pytest.mark.parametrize("family,frames", [("flux", 1), ("wan21", 3)])
+DIT_HISTORY = [("flux", 1), ("wan21", 3), ("sd3", 1), ("chroma", 1), ("auraflow", 1), ("qwen_image", 1),
+               ("lumina2", 1), ("hidream", 1), ("hunyuan_dit", 1), ("flux2", 1), ("pixart", 1), ("hunyuan_video", 2),
+               ("mochi", 2), ("omnigen2", 1)]
+
+
+@pytest.mark.parametrize("family,frames", DIT_HISTORY)
 def test_dit_history_is_keyed_by_block(comfy, family, frames):
+    """Every kind of DiT layout (joint text-first / image-first, registers, padded captions, cross-attention,
+    the HunyuanDiT and PixArt routes, video): the history's groups are the model's blocks and its sum over frames
+    and groups is the running maps."""
     from harness import dit_fixtures as dfx
     from harness import fixtures
     from harness import pack as cp
 
     mp = dfx.tiny_dit_patcher(family)
     pos, neg = dfx.dit_conditioning(family, mp, seed=1), dfx.dit_conditioning(family, mp, seed=2)
-    lat = dfx.dit_latent(family, 9, 7)
-    if frames > 1:
-        lat = lat.repeat(1, 1, frames, 1, 1)
+    hw = dfx.DIT_INFO[family].get("latent_hw", (9, 7))  # the sizes each tiny model accepts
+    lat = dfx.dit_latent(family, *hw, frames=frames) if frames > 1 else dfx.dit_latent(family, *hw)
     base = fixtures.sample(mp, pos, neg, lat, seed=1, steps=2, cfg=2.0)
     m, maps = cp.add_capture(mp, "all", "positive", 0.0, 1.0, "mean", history_mb=16)
     assert torch.equal(fixtures.sample(m, pos, neg, lat, seed=1, steps=2, cfg=2.0), base)
     ms = maps.result()
     meta, hist = ms.meta["history"], ms.extra["history"]
     assert meta["groups"] == [k.name().rsplit(".", 1)[0].replace(".", " ") for k in cp.model_layers(mp)]
-    assert hist.shape[:2] == (2, len(meta["groups"])) and meta["grid"] == [5, 4]
     (acc,) = maps.last_run.store.sums.values()  # a DiT's layers share one accumulator
+    assert hist.shape[:2] == (2, len(meta["groups"])) and meta["grid"] == list(acc.shape[-2:])
+    if family in ("flux", "wan21", "sd3"):
+        assert meta["grid"] == [5, 4]  # 9×7 latent, patch 2
     torch.testing.assert_close(hist.sum((0, 1)), acc[:, meta["tokens"]], rtol=1e-5, atol=1e-5)

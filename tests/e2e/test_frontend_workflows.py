@@ -20,7 +20,9 @@ import torch
 from harness.frontend import Editor, example, pixels, shot
 
 REPO = Path(__file__).resolve().parents[2]
-HEATMAP_VALUES = 6  # words, colormap, opacity, normalization, branch, text_stream
+# words, colormap, opacity, normalization, branch, text_stream, mask_mode, mask_threshold, video_frames
+HEATMAP_VALUES = 9
+LEGACY_HEATMAP_VALUES = 6  # the widgets before 0.3, which saved the word list after them
 
 
 def heatmap_values(ed: Editor) -> list:
@@ -29,9 +31,9 @@ def heatmap_values(ed: Editor) -> list:
         return wf.nodes.find(n => n.type === 'AttentionFocusHeatmap').widgets_values; })()""")
 
 
-def text_stream(ed: Editor) -> str:
-    return ed.page.evaluate("""(app.graph.nodes ?? app.graph._nodes).find(n => n.type === 'AttentionFocusHeatmap')
-        .widgets.find(w => w.name === 'text_stream').value""")
+def text_stream(ed: Editor, widget: str = "text_stream") -> str:
+    return ed.page.evaluate(f"""(app.graph.nodes ?? app.graph._nodes).find(n => n.type === 'AttentionFocusHeatmap')
+        .widgets.find(w => w.name === '{widget}').value""")
 
 
 def wait_viewer(ed: Editor) -> None:
@@ -75,14 +77,15 @@ def test_reopened_workflows_run_again(ui, tmp_path):
     hist = ed.run()
     assert hist["status"]["status_str"] == "success", hist["status"]
 
-    # 3. a workflow saved by the old version: the word list as a 7th value, repaired on load
-    hm["widgets_values"] = [*hm["widgets_values"][:HEATMAP_VALUES], "a, photo, of, cat, wearing, red, wizard, hat"]
+    # 3. a workflow saved by the old version: six widgets, then the word list as a 7th value, repaired on load
+    hm["widgets_values"] = [*hm["widgets_values"][:LEGACY_HEATMAP_VALUES],
+                            "a, photo, of, cat, wearing, red, wizard, hat"]
     ks["widgets_values"][0] = 306
     path.write_text(json.dumps(saved))
     ed.page.evaluate("app.graph.clear()")
     ed.open_file(path)
     ed.page.wait_for_function("(app.graph.nodes ?? app.graph._nodes).length >= 13")
-    assert text_stream(ed) == "all"
+    assert text_stream(ed) == "all" and text_stream(ed, "mask_mode") == "soft"
     assert ed.run()["status"]["status_str"] == "success"
     assert not ed.pack_errors(), ed.pack_errors()
     ed.close()

@@ -76,7 +76,7 @@ class Editor:
     def __init__(self, browser, server) -> None:
         self.server = server
         self.errors: list[str] = []
-        self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        self.page = browser.new_page(viewport={"width": 1500, "height": 1400})
         page = self.page
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
                    else route.abort())
