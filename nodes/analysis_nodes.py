@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .errors import AttentionFocusError
 from .maps_file import safe_output_path
+from .heatmap_view import choose_words
 from .maps_words import word_groups, word_maps
 from .node_common import ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, labels_for, mapset_for, preview
 from .render import COLORMAPS
@@ -21,7 +22,8 @@ from .timelapse import (frame_values, history_word_maps, layer_values, render_la
                         step_caption, write_webp)
 
 _WORDS = ("STRING", {"default": "", "multiline": False, "tooltip":
-                     "Comma-separated words or phrases of the prompt ('cat, red hat'); empty = every word."})
+                     "Comma-separated words or phrases of the prompt ('cat, red hat'); empty = the prompt's content "
+                     "words (function words such as 'a', 'of' only when typed), as in the Heatmap node."})
 _MAPS = (ATTENTION_MAPS, {"tooltip": "From Attention Focus Capture or Load Maps."})
 _IMAGE = ("IMAGE", {"tooltip": "The decoded image of the sampler that used the capture: the maps shown are that "
                                "run's."})
@@ -90,7 +92,7 @@ class AttentionFocusHistory:
             raise AttentionFocusError(f"these maps have no history ({why}): set history_mb on Attention Focus "
                                       "Capture (e.g. 256) and run the sampler again")
         check_image(ms, image)
-        names, groups = word_groups(ms, labels_for(ms, "", None), words)
+        names, groups, _ = choose_words(ms, labels_for(ms, "", None), words)
         wh = history_word_maps(ms.extra["history"].float(), list(meta["tokens"]), groups)
         layers = set(ms.meta.get("layers", []))
         members = [sum(1 for n in g if n in layers) for g in meta["group_layers"]]
@@ -144,7 +146,7 @@ class AttentionFocusSegment:
         opacity = _opacity(opacity)
         ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
         check_image(ms, image)
-        names, groups = word_groups(ms, labels_for(ms, "", None), words)
+        names, groups, _ = choose_words(ms, labels_for(ms, "", None), words)
         labels = label_map(word_maps(ms.maps.float(), groups), float(background_threshold), normalization)
         big = F.interpolate(labels[:, None].float(), size=tuple(image.shape[1:3]), mode="nearest")[:, 0]
         ids = torch.arange(1, len(names) + 1, device=big.device, dtype=big.dtype)
@@ -185,9 +187,14 @@ class AttentionFocusDifference:
         if msa.meta.get("method", "fast") != msb.meta.get("method", "fast"):
             raise AttentionFocusError("the two captures use different methods (fast / DAAM), whose numbers do not "
                                       "compare: capture both with the same method")
-        names, ga = word_groups(msa, labels_for(msa, "", None), words)
-        _, gb = word_groups(msb, labels_for(msb, "", None), words if words.strip() else
-                            ", ".join(f'"{n}"' for n in names))
+        table_a, table_b = labels_for(msa, "", None), labels_for(msb, "", None)
+        names, ga, _ = choose_words(msa, table_a, words)
+        if words.strip():
+            gb = choose_words(msb, table_b, words)[1]
+        elif table_b.rows == table_a.rows:  # the same prompt: the same tokens on both sides
+            gb = ga
+        else:  # A's content words, looked up in B's prompt
+            gb = choose_words(msb, table_b, ", ".join(f'"{n}"' for n in names))[1]
         a, b = word_maps(msa.maps.float(), ga), word_maps(msb.maps.float(), gb)
         if b.shape[0] not in (1, a.shape[0]):
             raise AttentionFocusError(f"image_b: capture B holds {b.shape[0]} image(s) and A {a.shape[0]}: compare "

@@ -110,6 +110,7 @@ class PromptInfo:
     tokens: TokenTable | None
     note: str = ""  # why ``tokens`` is None (the conditioning was changed after encoding, …)
     regions: list[tuple[Region | None, torch.Tensor | None]] = field(default_factory=list)  # (area, mask)
+    token_means: list[float] | None = None  # prompt_signature of the conditioning tensor
 
 
 @dataclass
@@ -283,6 +284,15 @@ def aggregate_layers(parts: dict[LayerKey, torch.Tensor], latent_hw: tuple[int, 
         acc = up if acc is None else acc + up
         total += (counts or {}).get(layer, 1)
     return acc / total
+
+
+def prompt_signature(cond: torch.Tensor) -> list[float]:
+    """(B, T, D) conditioning → T floats: each position of the first row projected on a fixed vector
+    cos(0.731·d), 6 significant digits. Two prompts that differ in any token differ here (a per-position mean
+    would not: encoders end in a LayerNorm, whose outputs all have about the same mean)."""
+    row = cond[0].detach().float().cpu()
+    probe = torch.cos(torch.arange(row.shape[-1], dtype=torch.float32) * 0.731)
+    return [float(f"{v:.6g}") for v in (row @ probe).tolist()]
 
 
 def fingerprint(t: torch.Tensor) -> str:

@@ -85,8 +85,9 @@ class HistoryPlan:
 
     def describe(self) -> str:
         every = "every evaluation" if self.stride == 1 else f"every {self.stride} evaluations"
-        return (f"history: {self.grid[1]}x{self.grid[0]} cells, {len(self.groups)} layer groups, up to "
-                f"{self.frames} frames ({every}), {self.nbytes() / 2**20:.1f} MiB of {self.budget / 2**20:.0f} MiB")
+        groups = f"{len(self.groups)} layer group{'s' if len(self.groups) != 1 else ''}"
+        return (f"history: {self.grid[1]}x{self.grid[0]} cells, {groups}, up to "
+                f"{self.frames} frames ({every}), {_mib(self.nbytes())} of {_mib(self.budget)}")
 
 
 def plan_history(budget: int, steps: int, fine: tuple[int, int], layers: list[LayerKey], mode: str, batch: int,
@@ -104,12 +105,18 @@ def plan_history(budget: int, steps: int, fine: tuple[int, int], layers: list[La
     fit = budget // (per_cell * g[0] * g[1])
     if fit < 1:
         need = per_cell * g[0] * g[1]
-        return None, (f"the history budget of {budget / 2**20:.1f} MiB is below one frame ({need / 2**20:.2f} MiB at "
+        return None, (f"the history budget of {_mib(budget)} is below one frame ({_mib(need)} at "
                       f"{g[1]}x{g[0]} cells for {len(names)} layer groups, {sum(tokens.values())} tokens, batch "
                       f"{batch}): raise history_mb or group the layers by block or level")
     stride = max(stride, -(-max(1, steps) // fit))
     frames = -(-max(1, steps) // stride)
     return HistoryPlan(g, frames, stride, tuple(names), group_of, batch, tokens, budget), ""
+
+
+def _mib(n: int) -> str:
+    """Bytes as MiB with enough digits to be non-zero (0.01 MiB, 2.0 MiB, 256 MiB)."""
+    v = n / 2**20
+    return f"{v:.3g} MiB" if v < 10 else f"{v:.0f} MiB"
 
 
 def resample(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -72,8 +72,11 @@ def plan_influence(words: str, k: int, run: RunState, sigmas: list[float], lo: f
             except ValueError:
                 continue
         if not found:
-            raise AttentionFocusError(f"influence_words: {t!r} is not in the positive prompt (or the prompt carries "
-                                      "no token table: encode it with Attention Focus Text Encode, or use #N)")
+            words = sorted({w for p in run.prompts.values() if p.branch == "positive" and p.tokens is not None
+                            for w in p.tokens.word_texts()})
+            known = f"; the prompt's words are: {', '.join(words[:40])}" if words else (
+                " (the prompt carries no token table: encode it with Attention Focus Text Encode, or use #N)")
+            raise AttentionFocusError(f"influence_words: {t!r} is not in the positive prompt{known}")
         per_word.append(found)
     in_window = [i for i, s in enumerate(sigmas[:-1]) if lo <= s <= hi]
     chosen = [in_window[i] for i in choose_steps(len(in_window), k)]

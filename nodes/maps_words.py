@@ -47,6 +47,12 @@ def word_groups(ms: MapSet, table: TokenTable, words: str) -> tuple[list[str], l
         except WordNotFound as e:
             note = ms.meta.get("token_note") or next(
                 (p["token_note"] for p in ms.meta.get("prompts", []) if p.get("token_note")), "")
+            if table.meta.get("positional"):
+                raise AttentionFocusError(
+                    f"words: {', '.join(repr(t) for t in targets if not t.startswith('#'))}: these maps carry no "
+                    "token labels (" + (note or "the prompt was encoded with a stock CLIPTextEncode") + "), so only "
+                    "positions like '#1, #2' can be named: encode the prompt with Attention Focus Text Encode, or "
+                    "connect the prompt's 'text' and 'clip' to this node") from None
             raise AttentionFocusError(f"words: {e}" + (f" (Note: {note})" if note else "")) from None
         except ValueError as e:
             raise AttentionFocusError(f"words: {e}") from None
@@ -91,5 +97,8 @@ def merge_prompts(prompts: list[PromptInfo]) -> tuple[TokenTable | None, list[di
 
 def _prompt_meta(p: PromptInfo, start: int) -> dict[str, Any]:
     areas = [list(r) if r is not None else None for r, _ in p.regions]
-    return {"slot": p.slot, "positions": [start, start + p.length], "areas": areas,
-            "masked": any(m is not None for _, m in p.regions), "token_note": p.note}
+    out = {"slot": p.slot, "positions": [start, start + p.length], "areas": areas,
+           "masked": any(m is not None for _, m in p.regions), "token_note": p.note}
+    if p.token_means is not None:
+        out["token_means"] = p.token_means
+    return out

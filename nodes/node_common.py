@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .capture_store import AttentionMaps, MapSet
+from .capture_store import AttentionMaps, MapSet, prompt_signature
 from .errors import AttentionFocusError
 from .provenance import record_for_image
 from .sampling_run import executing_prompt
@@ -22,6 +22,10 @@ def mapset_for(maps, branch: str, dynprompt, unique_id, input_name: str = "image
     if not isinstance(maps, AttentionMaps):
         raise AttentionFocusError("attention_maps must come from Attention Focus Capture or Load Maps")
     if maps.loaded is not None:
+        saved = str(maps.loaded.meta.get("branch") or "positive")
+        if branch != saved:
+            raise AttentionFocusError(f"branch: this maps file holds the {saved} prompt's maps, not the {branch} "
+                                      f"prompt's: set branch to '{saved}' (Save Maps writes one branch per file)")
         return maps.loaded
     prompt_id, list_index = executing_prompt()
 
@@ -43,10 +47,30 @@ def labels_for(ms: MapSet, text: str, clip) -> TokenTable:
         if len(table) != ms.maps.shape[1]:
             raise AttentionFocusError(f"text: the text gives {len(table)} token positions but the maps have "
                                       f"{ms.maps.shape[1]}: give the exact prompt used for sampling")
+        check_same_prompt(ms, clip, text)
         return table
     if ms.tokens is not None:
         return ms.tokens
     return positional_table(ms.maps.shape[1])
+
+
+def check_same_prompt(ms: MapSet, clip, text: str) -> None:
+    """Refuse labels from a text that does not encode to the conditioning the maps were captured with: the
+    encoding's per-position signature (``prompt_signature``) against the one the capture kept (one prompt in the
+    branch)."""
+    import torch
+
+    known = [p["token_means"] for p in ms.meta.get("prompts", []) if p.get("token_means")]
+    if len(known) != 1:
+        return  # several prompts laid end to end (or a file without signatures): only the length is checked
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    got = torch.tensor(prompt_signature(cond[0][0])) if cond else torch.zeros(0)
+    ref = torch.tensor(known[0], dtype=torch.float32)
+    tol = 1e-2 * max(1.0, float(ref.abs().max()))
+    if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-2, atol=tol):
+        raise AttentionFocusError("text: this text (with this clip) does not encode to the prompt the maps were "
+                                  "captured with, so its words would label the wrong maps: connect the exact prompt "
+                                  "text and the CLIP used for sampling")
 
 
 def check_image(ms: MapSet, image) -> None:

@@ -110,7 +110,8 @@ class AttentionFocusCapture:
                                "Model evaluations per history frame (at least; the budget may need more)."}),
             "history_layers": (["each layer", "each block", "each level"], {"default": "each layer", "tooltip":
                                "History layer groups: each layer ('input 4', 'output 5.1', 'double 3', "
-                               "'single 12'), each block (depths merged), or each resolution level (less memory)."}),
+                               "'single 12'), each block (depths merged), or each level (one group per "
+                               "resolution; least memory)."}),
             "influence_words": ("STRING", {"default": "", "multiline": False, "tooltip":
                                 "Words of the positive prompt whose influence to measure ('cat, red hat'); empty = "
                                 "off. At each chosen step the positive prompt is evaluated once more as it is and "
@@ -301,7 +302,10 @@ class AttentionFocusLoadMaps:
 
         out = os.path.realpath(folder_paths.get_output_directory())
         path = os.path.realpath(os.path.join(out, file))
-        if not file or os.path.commonpath([out, path]) != out:
+        if not file:
+            raise MapsFileError("file: no maps file chosen (none in ComfyUI's output folder yet?): run Attention "
+                                "Focus Save Maps first, then pick its file (the list refreshes after Save Maps)")
+        if os.path.commonpath([out, path]) != out:
             raise MapsFileError(f"file: {file!r} is not a file inside ComfyUI's output folder")
         return path
 

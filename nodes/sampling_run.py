@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from .capture_store import PromptInfo, Region
+from .capture_store import PromptInfo, Region, prompt_signature
 from .cond_tokens import tokens_for_conditioning
 from .errors import AttentionFocusError
 from .families import FamilySpec, expected_context_dim, geometry, prompt_length, text_lead
@@ -165,7 +165,8 @@ def _prompts(guider, st: SharedState) -> dict[str, PromptInfo]:
             tokens = lead_padded(tokens, lead)
             if note:
                 log.warning("Attention Focus (%s prompt): %s", branch, note)
-            prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note)
+            means = prompt_signature(ctx) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else None
+            prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note, token_means=means)
     return prompts
 
 

@@ -330,6 +330,10 @@ def _special_ids(sub: Any, ids: Sequence[int | None]) -> set[int]:
         out.update(int(i) for i in getattr(hf, "all_special_ids", None) or ())
     except (TypeError, ValueError):
         pass
+    try:  # ComfyUI's own byte-level BPE tokenizer (newer ComfyUI, bpe_tokenizer.BPETokenizer) keeps them privately
+        out.update(int(i) for i in getattr(hf, "_special_ids", None) or ())
+    except (TypeError, ValueError):
+        pass
     added = getattr(hf, "added_tokens_decoder", None)
     if isinstance(added, Mapping):
         out.update(int(i) for i, t in added.items() if getattr(t, "special", False))

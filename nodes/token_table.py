@@ -315,7 +315,9 @@ def find_positions(table: TokenTable, phrase: str, stream: str | Iterable[str] |
             lo, hi = int(a), int(b) if b else int(a)
         except ValueError:
             raise ValueError(f"bad position {phrase!r}: use #N or #N-M with token positions") from None
-        if lo < 0 or hi >= len(table) or lo > hi:
+        if lo > hi:
+            raise ValueError(f"position range {phrase!r} runs backwards: write #{hi}-{lo}")
+        if lo < 0 or hi >= len(table):
             raise ValueError(f"position {phrase!r} is outside the prompt's 0..{len(table) - 1} positions")
         return [tuple(range(lo, hi + 1))]
     groups = _stream_groups(table, stream)

@@ -131,6 +131,29 @@ def test_compare_node_differences_on_one_scale(runs):
     torch.testing.assert_close(tiles[:, 100, 100], diverging(up[:, 100, 100] / scale), atol=1e-5, rtol=1e-5)
 
 
+def test_difference_of_a_run_with_itself_is_zero_for_the_default_words(runs):
+    """Empty words: both sides take the same tokens (the prompt's content words), so A − A is 0 everywhere; the
+    prompt's repeated 'hat' is one word on both sides."""
+    from attention_focus.nodes.segmentation import diverging
+
+    comfy, ((ma, ia), _) = runs
+    tiles, _ = _node(comfy, "AttentionFocusDifference").compare(ma, ia, ma, ia, "", 1.0, "positive")["result"]
+    assert tiles.shape[0] >= 3  # photorealistic, cat, wearing, hat, red ...
+    torch.testing.assert_close(tiles[:, 100, 100], diverging(torch.zeros(tiles.shape[0])).expand(tiles.shape[0], 3),
+                               atol=1e-6, rtol=0)
+
+
+def test_loaded_maps_refuse_the_other_branch(runs):
+    comfy, ((maps, image), _) = runs
+    saved = _node(comfy, "AttentionFocusSaveMaps").save(maps, image, "t/branch_maps", "positive")
+    f = saved["ui"]["attention_maps"][0]
+    (loaded,) = _node(comfy, "AttentionFocusLoadMaps").load(f"{f['subfolder']}/{f['filename']}")
+    heatmap = _node(comfy, "AttentionFocusHeatmap")
+    heatmap.render(loaded, image, "cat", "turbo", 0.6, "per word", "positive")
+    with pytest.raises(ValueError, match="holds the positive prompt's maps, not the negative.*set branch"):
+        heatmap.render(loaded, image, "cat", "turbo", 0.6, "per word", "negative")
+
+
 def test_influence_node_pairs_attention_and_influence(comfy):
     from harness import fixtures
     from harness import pack as cp

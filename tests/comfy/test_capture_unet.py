@@ -154,7 +154,11 @@ def test_set_ups_the_hooks_cannot_follow_are_refused_before_sampling(env, node):
     else:
         from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 
-        m = ContextWindowsManualNode.execute(m, 4, 1, "standard_static", 1, False, "pyramid", 0).args[0]
+        import inspect
+
+        extra = {"freenoise": False} if "freenoise" in inspect.signature(ContextWindowsManualNode.execute).parameters \
+            else {}  # newer ComfyUI (0.33) added a required freenoise input
+        m = ContextWindowsManualNode.execute(m, 4, 1, "standard_static", 1, False, "pyramid", 0, **extra).args[0]
         match = "context windows"
     with pytest.raises(ValueError, match=f"cannot capture or reweight with {match}"):
         _sample(fixtures, m, pos, neg, torch.zeros(1, 4, 8, 8))

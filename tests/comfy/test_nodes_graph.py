@@ -246,6 +246,13 @@ def test_stock_text_encode_captures_label_by_position_or_by_given_text(comfy, lo
                             clip=clip)["result"][2]
         with pytest.raises(ValueError, match="give the exact prompt"):
             hm.render(maps, image, "cat", "turbo", 0.5, "per word", "positive", text=LONG, clip=clip)
+        # another prompt of the same length (CLIP pads to 77) would label the wrong maps: refused
+        with pytest.raises(ValueError, match="does not encode to the prompt the maps were captured with"):
+            hm.render(maps, image, "sofa", "turbo", 0.5, "per word", "positive", text="a sofa on a red cat",
+                      clip=clip)
+        # a word typed for unlabelled maps: the message says how to get labels
+        with pytest.raises(ValueError, match="'cat': these maps carry no token labels.*Attention Focus Text Encode"):
+            hm.render(maps, image, "cat", "turbo", 0.5, "per word", "positive")
     # "cat" is token 2 and "sofa" token 6 of "<bos> a cat on a red sofa"
     assert torch.allclose(by_pos[0], by_text[0])
     assert not torch.allclose(by_pos[1], by_text[1])

@@ -130,7 +130,8 @@ def _klein(te) -> dict:
     """Flux.2 Klein's Qwen3 encoder (only newer ComfyUI has it: skipped on 0.3.75)."""
     if not hasattr(te.flux, "KleinTokenizer"):
         return {}
-    return {"flux2_klein": (te.flux.KleinTokenizer, te.flux.klein_te(), {"qwen3_4b_model_config": LLM_CFG}, {})}
+    cfg = {**LLM_CFG, "num_hidden_layers": 28}  # Klein stacks the hidden states of layers 9, 18 and 27
+    return {"flux2_klein": (te.flux.KleinTokenizer, te.flux.klein_te(), {"qwen3_4b_model_config": cfg}, {})}
 
 
 @pytest.fixture(scope="module")

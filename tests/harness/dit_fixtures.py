@@ -165,12 +165,14 @@ def _mmdit_config(depth: int, pos_max: int, **extra: Any) -> dict:
 
 # Fields that newer ComfyUI versions added, without a default, to the params dataclass of a family (0.8.0:
 # FluxParams.txt_ids_dims, ChromaParams.txt_ids_dims and .vec_in_dim; 0.33.0: ChromaRadianceParams.use_x0,
-# HunyuanVideoParams.meanflow_sum), with the value model_detection gives a Flux.1 / Chroma / Chroma Radiance /
-# HunyuanVideo file. ``_complete_params`` fills them in only where the tree under test has such a field.
+# HunyuanVideoParams.meanflow_sum and ChromaRadianceParams.use_sequential_txt_ids), with the value model_detection
+# gives a Flux.1 / Chroma / Chroma Radiance / HunyuanVideo file. ``_complete_params`` fills them in only where the
+# tree under test has such a field.
 _PARAMS_CLASS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
                  "chroma_radiance": ("comfy.ldm.chroma_radiance.model", "ChromaRadianceParams"),
                  "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams")}
-_DETECTED_DEFAULTS = {"txt_ids_dims": [], "vec_in_dim": None, "use_x0": False, "meanflow_sum": False}
+_DETECTED_DEFAULTS = {"txt_ids_dims": [], "vec_in_dim": None, "use_x0": False, "meanflow_sum": False,
+                      "use_sequential_txt_ids": False}
 
 
 def _params_fields(family: str) -> dict[str, inspect.Parameter]:
