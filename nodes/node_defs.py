@@ -338,7 +338,9 @@ class AttentionFocusReweight:
             "model": ("MODEL", {"tooltip": "The model to patch; works with any sampler node."}),
             "weights": ("STRING", {"default": "", "multiline": False, "tooltip":
                         "word:weight pairs, e.g. 'red:2.0, wizard hat:0.5, #5:1.5'. Phrases cover all their "
-                        "tokens; 'hat[2]:0.5' only the second occurrence; quote phrases with commas."}),
+                        "tokens; 'hat[2]:0.5' only the second occurrence; quote phrases with commas. Start "
+                        "between 0 and 2: weights beyond about 3 (or below 0) change the whole picture more than "
+                        "the word. A word given twice gets the product of its weights."}),
             "mode": (["scale", "renormalize"], {"default": "scale", "tooltip":
                      "scale: multiply the chosen tokens' attention by w (Prompt-to-Prompt; w may be negative). "
                      "renormalize: add log(w) to their logits so attention still sums to 1 (w > 0)."}),

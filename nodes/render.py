@@ -83,6 +83,20 @@ def _drawable(text: str, font) -> str:
         return "".join(out)
 
 
+def _wrap(text: str, width_of, width: float, max_lines: int = 3) -> list[str]:
+    """Greedy word wrap of ``text`` into lines at most ``width`` wide (``width_of`` measures a line); at most
+    ``max_lines`` lines, the last one holding the rest (cut by the image's edge)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines) <= max_lines and width_of(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        elif len(lines) < max_lines:
+            lines.append(word)
+        else:
+            lines[-1] = f"{lines[-1]} {word}"
+    return lines or [text]
+
+
 def draw_caption(image: torch.Tensor, text: str, font=None) -> torch.Tensor:
     """Write ``text`` on a dark band at the top-left of an (H, W, 3) image; same size returned.
 
@@ -99,15 +113,16 @@ def draw_caption(image: torch.Tensor, text: str, font=None) -> torch.Tensor:
     font = font if font is not None else _font(size)
     text = _drawable(text, font)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
     pad = max(2, size // 4)
+    text = "\n".join(_wrap(text, lambda t: probe.textlength(t, font=font), w - 2 * pad))
+    left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=font, spacing=2)
     bw, bh = min(w, right - left + 2 * pad), min(h, bottom - top + 2 * pad)
     # only the band is re-drawn (through 8-bit PIL); every other pixel keeps its exact value
     band = image[:bh, :bw].detach().float().clamp(0, 1).cpu()
     pil = Image.fromarray((band.numpy() * 255).round().astype(np.uint8)).convert("RGBA")
     shade = Image.new("RGBA", pil.size, (0, 0, 0, 160))
     draw = ImageDraw.Draw(shade)
-    draw.text((pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255))
+    draw.multiline_text((pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255), spacing=2)
     pil = Image.alpha_composite(pil, shade).convert("RGB")
     out = image.detach().float().clone()
     out[:bh, :bw] = torch.from_numpy(np.asarray(pil).astype(np.float32) / 255.0).to(out.device)

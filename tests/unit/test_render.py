@@ -78,3 +78,18 @@ def test_render_heatmaps_matches_the_maths():
     torch.testing.assert_close(overlays[4, 12:], blend[12:].clamp(0, 1))  # below the caption
     _, _, shared = render.render_heatmaps(wm, image, ["a", "b", "c"], "gray", 0.5, "shared")
     assert torch.isclose(shared[:3].max(), torch.tensor(1.0)) and torch.isclose(shared[3:].min(), torch.tensor(0.0))
+
+
+def test_long_captions_wrap_instead_of_being_cut():
+    """A caption wider than its tile wraps onto more lines (at most three), so the end of the text is drawn."""
+    font = ImageFont.load_default()
+    widths = []
+    lines = render._wrap("reweighted: red wizard hat:2.0, cat:0.5", lambda t: 6 * len(t), 120)
+    assert lines == ["reweighted: red", "wizard hat:2.0,", "cat:0.5"] and all(6 * len(x) <= 120 for x in lines)
+    assert render._wrap("a b c d e f", lambda t: 6 * len(t), 6, max_lines=2) == ["a", "b c d e f"]
+    img = torch.zeros(128, 128, 3)
+    for text in ("short", "reweighted: red wizard hat:2.0, cat:0.5"):
+        out = render.draw_caption(img, text, font=font)
+        rows = (out != img).any(-1).any(-1).nonzero().flatten()
+        widths.append(int(rows.max()) + 1)  # height of the caption band
+    assert widths[1] >= 2 * widths[0] - 4  # two or more lines for the long one
