@@ -5,7 +5,6 @@ Thin classes: inputs, tooltips, one call each into the pure modules (timelapse, 
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -15,11 +14,12 @@ from .errors import AttentionFocusError
 from .maps_file import safe_output_path
 from .heatmap_view import choose_words
 from .maps_words import word_groups, word_maps
-from .node_common import ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, labels_for, mapset_for, preview
+from .node_common import (ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, check_opacity, labels_for, mapset_for,
+                          preview)
 from .render import COLORMAPS
 from .segmentation import difference, label_map, render_differences, render_labels
-from .timelapse import (frame_values, history_word_maps, layer_values, render_layer_grid, render_timelapse,
-                        step_caption, write_webp)
+from .timelapse import (frame_values, group_members, history_word_maps, layer_values, render_layer_grid,
+                        render_timelapse, step_caption, write_webp)
 
 _WORDS = ("STRING", {"default": "", "multiline": False, "tooltip":
                      "Comma-separated words or phrases of the prompt ('cat, red hat'); empty = the prompt's content "
@@ -30,12 +30,6 @@ _IMAGE = ("IMAGE", {"tooltip": "The decoded image of the sampler that used the c
 _BRANCH = (["positive", "negative"], {"default": "positive", "tooltip": "Which prompt's maps."})
 _COLORMAP = (sorted(COLORMAPS), {"default": "turbo", "tooltip": "Colour scale of the overlays."})
 _OPACITY = ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Overlay strength."})
-
-
-def _opacity(v) -> float:
-    if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {v!r}")
-    return float(v)
 
 
 def _progress(total: int):
@@ -84,7 +78,7 @@ class AttentionFocusHistory:
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
                frames: str, branch: str, fps: float, save_webp: bool, filename_prefix: str, dynprompt=None,
                unique_id=None):
-        opacity = _opacity(opacity)
+        opacity = check_opacity(opacity)
         ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
         meta = ms.meta.get("history") or {}
         if "history" not in ms.extra:
@@ -94,8 +88,7 @@ class AttentionFocusHistory:
         check_image(ms, image)
         names, groups, _ = choose_words(ms, labels_for(ms, "", None), words)
         wh = history_word_maps(ms.extra["history"].float(), list(meta["tokens"]), groups)
-        layers = set(ms.meta.get("layers", []))
-        members = [sum(1 for n in g if n in layers) for g in meta["group_layers"]]
+        members = group_members(meta, ms.meta.get("layers", []))
         values = frame_values(wh, meta["frames"], sum(members), frames == "cumulative")
         captions = [step_caption(f, meta.get("schedule", [])) for f in meta["frames"]]
         b = values.shape[1]
@@ -143,7 +136,7 @@ class AttentionFocusSegment:
 
     def segment(self, attention_maps, image, words: str, background_threshold: float, normalization: str,
                 opacity: float, branch: str, dynprompt=None, unique_id=None):
-        opacity = _opacity(opacity)
+        opacity = check_opacity(opacity)
         ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
         check_image(ms, image)
         names, groups, _ = choose_words(ms, labels_for(ms, "", None), words)
@@ -179,7 +172,7 @@ class AttentionFocusDifference:
 
     def compare(self, attention_maps_a, image_a, attention_maps_b, image_b, words: str, opacity: float, branch: str,
                 dynprompt=None, unique_id=None):
-        opacity = _opacity(opacity)
+        opacity = check_opacity(opacity)
         msa = mapset_for(attention_maps_a, branch, dynprompt, unique_id, "image_a")
         msb = mapset_for(attention_maps_b, branch, dynprompt, unique_id, "image_b")
         check_image(msa, image_a)
@@ -233,7 +226,7 @@ class AttentionFocusInfluence:
         from .render import make_grid, render_heatmaps
         from .word_syntax import parse_targets
 
-        opacity = _opacity(opacity)
+        opacity = check_opacity(opacity)
         ms = mapset_for(attention_maps, "positive", dynprompt, unique_id)
         meta = ms.meta.get("influence")
         if "influence" not in ms.extra or not meta:

@@ -101,7 +101,7 @@ def combine_reweights(weights: list[tuple[str, torch.Tensor]]) -> tuple[torch.Te
     return scale, bias
 
 
-def _additive(mask: torch.Tensor | None, lq: int, s: int, e: int) -> torch.Tensor | None:
+def additive_mask(mask: torch.Tensor | None, lq: int, s: int, e: int) -> torch.Tensor | None:
     """The rows [s, e) of a mask as an additive fp32 (B|1, H|1, rows, Lk) tensor."""
     if mask is None:
         return None
@@ -252,7 +252,7 @@ def attention_probs_at(
 
     def bias_of(s: int, e: int, at_cols: bool) -> torch.Tensor | None:
         """Mask + key bias of query rows [r0+s, r0+e), optionally only at ``cols``."""
-        m = _additive(mask, lq, r0 + s, r0 + e)
+        m = additive_mask(mask, lq, r0 + s, r0 + e)
         if kb is not None:
             m = kb if m is None else m + kb
         if m is not None and at_cols and m.shape[-1] == lk:

@@ -110,7 +110,7 @@ class PromptInfo:
     tokens: TokenTable | None
     note: str = ""  # why ``tokens`` is None (the conditioning was changed after encoding, …)
     regions: list[tuple[Region | None, torch.Tensor | None]] = field(default_factory=list)  # (area, mask)
-    token_means: list[float] | None = None  # prompt_signature of the conditioning tensor
+    signature: list[float] | None = None  # prompt_signature of the conditioning tensor
 
 
 @dataclass

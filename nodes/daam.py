@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention_math import MAX_LOGITS, to_bhld
+from .attention_math import MAX_LOGITS, additive_mask, to_bhld
 from .layer_spec import LayerKey
 
 DAAM_BLOCKS = ("input", "output")  # diffusers' down_blocks and up_blocks
@@ -80,14 +80,7 @@ def head_probs(q: torch.Tensor, k: torch.Tensor, heads: int, *, bhld: bool = Fal
         e = min(lq, s + step)
         logits = torch.matmul(qh[:, :, s:e].float(), kt) / math.sqrt(d)
         if mask is not None:
-            m = mask
-            if m.ndim == 2:
-                m = m[None, None]
-            elif m.ndim == 3:
-                m = m[:, None]
-            m = m[..., s:e, :] if m.shape[-2] == lq else m
-            logits = logits + (torch.zeros(m.shape, device=m.device).masked_fill(~m, float("-inf"))
-                               if m.dtype == torch.bool else m.float())
+            logits = logits + additive_mask(mask, lq, s, e)
         if kb is not None:
             logits = logits + kb
         out[:, :, s:e] = torch.softmax(logits, dim=-1)

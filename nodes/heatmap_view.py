@@ -12,7 +12,7 @@ from .maps_words import select_words, word_maps
 from .token_table import TokenTable, resolve
 from .viewer_data import Frames, build_view, view_words, write_view
 from .word_choice import content_words
-from .timelapse import step_caption
+from .timelapse import frame_values, group_members, layer_values, step_caption
 from .word_syntax import parse_targets
 
 
@@ -52,19 +52,18 @@ def history_frames(ms: MapSet) -> dict[str, Frames] | None:
     """The capture's history (history.py: (T, G, B, K, rh, rw) sums over each frame's evaluations and each group's
     layers) as the viewer's frames: ``steps`` (layer groups summed) and ``layers`` (frames summed), each
     (B, frames, tokens, h, w) on the maps' grid (bilinear), the kept tokens at their prompt positions (others 0).
-    Values are scaled so that dividing by a frame's ``evaluations`` gives the mean probability per layer and
-    evaluation, as the timelapse and layer grid of the History node show it. None without a history."""
+    Values are the mean probability per layer and evaluation, as the timelapse and layer grid of the History node
+    show them (``timelapse.frame_values`` / ``layer_values``). None without a history."""
     hist, meta = ms.extra.get("history"), ms.meta.get("history") or {}
     if hist is None or not meta.get("tokens") or not meta.get("frames"):
         return None
     hist = hist.float()
-    t, g, b, k, rh, rw = hist.shape
+    t, _, b, k, rh, rw = hist.shape
     b_maps, n_tok, h, w = ms.maps.shape
     kept = torch.tensor(list(meta["tokens"]), dtype=torch.long)
     if b != b_maps or len(kept) != k or (len(kept) and int(kept.max()) >= n_tok):
         return None  # not this map set's history: show the maps without it
-    layers = set(ms.meta.get("layers", []))
-    members = [max(1, sum(1 for n in grp if n in layers)) for grp in meta.get("group_layers", [])] or [1] * g
+    members = group_members(meta, ms.meta.get("layers", []))
 
     def full(x: torch.Tensor) -> torch.Tensor:  # (F, B, K, rh, rw) → (B, F, tokens, h, w)
         f = x.shape[0]
@@ -76,9 +75,6 @@ def history_frames(ms: MapSet) -> dict[str, Frames] | None:
     labels = meta["frames"][:t]
     schedule = meta.get("schedule", [])
     steps_lbl = [step_caption(lb, schedule).removeprefix("steps ").removeprefix("step ") for lb in labels]
-    steps_ev = [int(lb[1]) - int(lb[0]) + 1 for lb in labels]
-    steps = hist.sum(1) / float(sum(members))
-    per_group = hist.sum(0) / torch.tensor(members, dtype=hist.dtype).reshape(-1, 1, 1, 1, 1)
-    evaluations = int(meta.get("evaluations", sum(steps_ev)))
-    return {"steps": Frames(steps_lbl, full(steps), steps_ev),
-            "layers": Frames(list(meta.get("groups", [])), full(per_group), [evaluations] * g)}
+    steps = frame_values(hist, labels, sum(members), cumulative=False)
+    per_group = layer_values(hist, members, int(meta.get("evaluations", 1)))
+    return {"steps": Frames(steps_lbl, full(steps)), "layers": Frames(list(meta.get("groups", [])), full(per_group))}

@@ -99,6 +99,6 @@ def _prompt_meta(p: PromptInfo, start: int) -> dict[str, Any]:
     areas = [list(r) if r is not None else None for r, _ in p.regions]
     out = {"slot": p.slot, "positions": [start, start + p.length], "areas": areas,
            "masked": any(m is not None for _, m in p.regions), "token_note": p.note}
-    if p.token_means is not None:
-        out["token_means"] = p.token_means
+    if p.signature is not None:
+        out["signature"] = p.signature
     return out

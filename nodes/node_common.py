@@ -3,6 +3,7 @@ previews. Imports ComfyUI (folder_paths) only inside functions."""
 
 from __future__ import annotations
 
+import math
 import os
 
 from .capture_store import AttentionMaps, MapSet, prompt_signature
@@ -60,7 +61,7 @@ def check_same_prompt(ms: MapSet, clip, text: str) -> None:
     branch)."""
     import torch
 
-    known = [p["token_means"] for p in ms.meta.get("prompts", []) if p.get("token_means")]
+    known = [p["signature"] for p in ms.meta.get("prompts", []) if p.get("signature")]
     if len(known) != 1:
         return  # several prompts laid end to end (or a file without signatures): only the length is checked
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
@@ -71,6 +72,13 @@ def check_same_prompt(ms: MapSet, clip, text: str) -> None:
         raise AttentionFocusError("text: this text (with this clip) does not encode to the prompt the maps were "
                                   "captured with, so its words would label the wrong maps: connect the exact prompt "
                                   "text and the CLIP used for sampling")
+
+
+def check_opacity(v) -> float:
+    """An overlay opacity from the API (NaN and out-of-range values are refused, naming the input)."""
+    if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {v!r}")
+    return float(v)
 
 
 def check_image(ms: MapSet, image) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
@@ -14,7 +13,8 @@ from .errors import AttentionFocusError
 from .heatmap_view import choose_words, viewer_record
 from .hook_state import TOKENS_KEY
 from .maps_file import MapsFileError, list_maps_files, load_maps_file, maps_from_file, safe_output_path, save_maps
-from .node_common import ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, labels_for, mapset_for, preview
+from .node_common import (ATTENTION_MAPS, CATEGORY, PROVENANCE, check_image, check_opacity, labels_for, mapset_for,
+                          preview)
 from .render import COLORMAPS, render_heatmaps, video_word_maps
 from .reweight import add_reweight
 from .segmentation import MASK_MODES, threshold_masks
@@ -211,8 +211,7 @@ class AttentionFocusHeatmap:
     def render(self, attention_maps, image, words: str, colormap: str, opacity: float, normalization: str,
                branch: str, text: str = "", clip=None, text_stream: str = "all", mask_mode: str = "soft",
                mask_threshold: float = 0.5, video_frames: str = "each frame", dynprompt=None, unique_id=None):
-        if not isinstance(opacity, (int, float)) or not math.isfinite(opacity) or not 0.0 <= opacity <= 1.0:
-            raise AttentionFocusError(f"opacity must be a number from 0 to 1, not {opacity!r}")
+        opacity = check_opacity(opacity)
         ms = mapset_for(attention_maps, branch, dynprompt, unique_id)
         table = labels_for(ms, text or "", clip)
         streams = table.streams()

@@ -88,7 +88,7 @@ def _wrap(text: str, width_of, width: float, max_lines: int = 3) -> list[str]:
     ``max_lines`` lines, the last one holding the rest (cut by the image's edge)."""
     lines: list[str] = []
     for word in text.split(" "):
-        if lines and len(lines) <= max_lines and width_of(f"{lines[-1]} {word}") <= width:
+        if lines and width_of(f"{lines[-1]} {word}") <= width:
             lines[-1] = f"{lines[-1]} {word}"
         elif len(lines) < max_lines:
             lines.append(word)

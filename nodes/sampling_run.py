@@ -165,8 +165,8 @@ def _prompts(guider, st: SharedState) -> dict[str, PromptInfo]:
             tokens = lead_padded(tokens, lead)
             if note:
                 log.warning("Attention Focus (%s prompt): %s", branch, note)
-            means = prompt_signature(ctx) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else None
-            prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note, token_means=means)
+            signature = prompt_signature(ctx) if isinstance(ctx, torch.Tensor) and ctx.ndim == 3 else None
+            prompts[str(c["uuid"])] = PromptInfo(branch, slot, length, tokens, note, signature=signature)
     return prompts
 
 

@@ -52,6 +52,12 @@ def step_caption(label: list, schedule: list[float]) -> str:
     return f"{steps}, {sig}"
 
 
+def group_members(history_meta: dict, captured_layers) -> list[int]:
+    """How many of the captured layers each history layer group sums (the divisor of its mean per layer)."""
+    layers = set(captured_layers)
+    return [sum(1 for n in group if n in layers) for group in history_meta["group_layers"]]
+
+
 def frame_values(word_hist: torch.Tensor, labels: list, layers: int, cumulative: bool) -> torch.Tensor:
     """(T, G, B, W, h, w) → (T, B, W, h, w) mean probability per layer and evaluation in each frame."""
     per_frame = word_hist.sum(1)
